@@ -1,0 +1,1 @@
+"""Ray Data pre-embedding, Ray Train training, evaluation, corpus synthesis and storage."""
