@@ -112,4 +112,8 @@ def _one_line_validation(e: Exception) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Re-import so `UsageError` raised by command modules (cluster.cli.UsageError) is the class
+    # caught here, not a second copy living in __main__.
+    from cluster.cli import main as _main
+
+    sys.exit(_main())
