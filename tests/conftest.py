@@ -60,6 +60,11 @@ _SESSION_ENV = {
 }
 for _k, _v in _SESSION_ENV.items():
     os.environ.setdefault(_k, _v)
+# Jobs submitted to the session's Ray head run the bare `vljepa` command: the venv's bin must be
+# on PATH even when pytest is started as `.venv/bin/python -m pytest` rather than `make test`.
+_venv_bin = str(Path(sys.executable).parent)
+if _venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = f"{_venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"
 
 _started: list[tuple[str, float]] = []  # (service, seconds to ready) for the summary
 _lock = threading.RLock()
