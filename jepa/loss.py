@@ -1,0 +1,98 @@
+"""Bidirectional InfoNCE between predicted and target embeddings, and collapse diagnostics.
+
+InfoNCE is the paper's only training signal: its alignment term pulls each prediction to its
+own caption embedding and its uniformity term (the softmax over negatives) keeps the embedding
+space from collapsing, which is why no other regulariser is needed. The diagnostics make a
+collapse visible in the logs before retrieval metrics would.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def info_nce(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    *,
+    all_target: torch.Tensor | None = None,
+    all_pred: torch.Tensor | None = None,
+    offset: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric InfoNCE; returns (loss, pred->target logits B x M).
+
+    `logit_scale` is the multiplier (1/temperature, e.g. `VLJEPA.scale()`), not its log.
+    With negatives gathered from other ranks, `all_target` / `all_pred` are the (N*B, D)
+    gathered tensors and this rank's positives sit at rows offset..offset+B. The local rows of
+    the gathered tensors are replaced by the local (autograd-connected) `target` / `pred`, so
+    gradients flow through this rank's own embeddings even if the gather did not carry them.
+    """
+    b = pred.shape[0]
+    p = F.normalize(pred.float(), dim=-1)
+    t = F.normalize(target.float(), dim=-1)
+    at = t if all_target is None else _splice(F.normalize(all_target.float(), dim=-1), t, offset)
+    ap = p if all_pred is None else _splice(F.normalize(all_pred.float(), dim=-1), p, offset)
+    if all_target is None and all_pred is None:
+        offset = 0
+    scale = torch.as_tensor(logit_scale, dtype=p.dtype, device=p.device)
+    labels = torch.arange(b, device=p.device) + offset
+    logits_p2t = scale * p @ at.T
+    logits_t2p = scale * t @ ap.T
+    loss = 0.5 * (F.cross_entropy(logits_p2t, labels) + F.cross_entropy(logits_t2p, labels))
+    return loss, logits_p2t
+
+
+def _splice(gathered: torch.Tensor, local: torch.Tensor, offset: int) -> torch.Tensor:
+    b = local.shape[0]
+    if offset < 0 or offset + b > gathered.shape[0]:
+        raise ValueError(f"offset {offset} + batch {b} outside gathered rows {gathered.shape[0]}")
+    return torch.cat([gathered[:offset], local, gathered[offset + b :]], dim=0)
+
+
+def alignment(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean squared distance between paired unit vectors (0 = perfectly aligned, 4 = opposite)."""
+    p = F.normalize(pred.detach().float(), dim=-1)
+    t = F.normalize(target.detach().float(), dim=-1)
+    return float((p - t).pow(2).sum(-1).mean())
+
+
+def uniformity(z: torch.Tensor, t: float = 2.0) -> float:
+    """log E[exp(-t |zi - zj|^2)] over distinct pairs (Wang & Isola); lower = more uniform,
+    0 = fully collapsed."""
+    z = F.normalize(z.detach().float(), dim=-1)
+    if z.shape[0] < 2:
+        return 0.0
+    sq = torch.pdist(z).pow(2)
+    return float(torch.logsumexp(-t * sq, dim=0) - math.log(sq.numel()))
+
+
+def effective_rank(z: torch.Tensor) -> float:
+    """exp(entropy of the normalised singular values) of the batch (RankMe, Garrido et al.):
+    1 when everything lies on one direction, up to min(B, D) when spread out. Not centred, so a
+    batch collapsed onto one point scores ~1 however much noise sits around it."""
+    z = z.detach().float()
+    s = torch.linalg.svdvals(z)
+    if float(s.sum()) <= 0:
+        return 0.0
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def collapse_diagnostics(z: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, float]:
+    """Mean per-dimension std of the unit embeddings, effective rank, uniformity, and (when the
+    paired targets are given) alignment. A collapsing model shows std -> 0, rank -> 1,
+    uniformity -> 0."""
+    zn = F.normalize(z.detach().float(), dim=-1)
+    out = {
+        "std": float(zn.std(0, unbiased=zn.shape[0] > 1).mean()) if zn.shape[0] > 1 else 0.0,
+        "effective_rank": effective_rank(zn),
+        "uniformity": uniformity(zn),
+    }
+    if target is not None:
+        out["alignment"] = alignment(z, target)
+    return out

@@ -1,0 +1,148 @@
+"""The predictor: (visual tokens, query) -> predicted target embedding.
+
+Llama decoder layers used as a bidirectional encoder (the paper turns the causal mask off so
+query tokens and visual tokens all see each other), fed [projected visual tokens; query token
+embeddings], average-pooled over non-pad positions, then projected to the shared space. The
+layers are called directly with an explicit 4D padding mask instead of through
+`LlamaModel.forward`, whose mask builder would make them causal.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from jepa.config import PredictorConfig
+from jepa.text import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def llama_config(cfg: PredictorConfig):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**cfg.arch)
+
+
+def build_llama(cfg: PredictorConfig, *, load_pretrained: bool = True) -> nn.Module:
+    """A LlamaModel holding exactly the layers the predictor uses.
+
+    Pretrained: load the full model, keep its token table, final norm and the last
+    `keep_last_layers` layers (the paper keeps the last 8 of Llama-3.2-1B's 16).
+    """
+    from transformers import LlamaModel
+
+    if cfg.name_or_path and load_pretrained:
+        log.info("loading predictor layers from %s", cfg.name_or_path)
+        llama = LlamaModel.from_pretrained(cfg.name_or_path)
+        keep = cfg.keep_last_layers or len(llama.layers)
+        llama.layers = nn.ModuleList(list(llama.layers)[-keep:])
+        llama.config.num_hidden_layers = keep
+        if llama.config.hidden_size != cfg.hidden_size:
+            raise ValueError(
+                f"{cfg.name_or_path}: hidden size {llama.config.hidden_size} != config"
+            )
+        return llama
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return LlamaModel(llama_config(cfg))
+
+
+class Predictor(nn.Module):
+    """Bidirectional Llama stack: x_tokens (B,N,Dx) + query (B,L) -> (B, shared_dim)."""
+
+    def __init__(self, cfg: PredictorConfig, llama: nn.Module, x_dim: int, shared_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.llama = llama
+        for layer in llama.layers:
+            layer.self_attn.is_causal = False
+        hidden = int(llama.config.hidden_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 1)
+            self.in_proj = nn.Linear(x_dim, hidden)
+            self.head = nn.Linear(hidden, shared_dim)
+        self._tokenizer = None
+
+    @classmethod
+    def from_config(
+        cls, cfg: PredictorConfig, x_dim: int, shared_dim: int, *, load_pretrained: bool = True
+    ) -> Predictor:
+        return cls(cfg, build_llama(cfg, load_pretrained=load_pretrained), x_dim, shared_dim)
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            tok = load_tokenizer(self.cfg.tokenizer)
+            if tok.pad_token_id is None:  # Llama's tokenizer has none; padding is masked anyway
+                tok.pad_token = tok.eos_token
+            self._tokenizer = tok
+        return self._tokenizer
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.llama.config.hidden_size)
+
+    @property
+    def shared_dim(self) -> int:
+        return self.head.out_features
+
+    @property
+    def embed_tokens(self) -> nn.Embedding:
+        return self.llama.embed_tokens
+
+    def tokenize(self, queries: list[str] | None, batch_size: int) -> dict[str, torch.Tensor]:
+        """Queries -> right-padded (input_ids, attention_mask), no special tokens.
+
+        `None` (stage-1 captioning has no query) gives zero-length tensors; empty strings give
+        all-pad rows. Both leave the prediction to the visual tokens alone.
+        """
+        if queries is None or all(not q for q in queries):
+            n = batch_size if queries is None else len(queries)
+            empty = torch.zeros(n, 0, dtype=torch.long)
+            return {"input_ids": empty, "attention_mask": empty.clone()}
+        if len(queries) != batch_size:
+            raise ValueError(f"{len(queries)} queries for a batch of {batch_size}")
+        enc = self.tokenizer(
+            list(queries),
+            padding=True,
+            truncation=True,
+            max_length=self.cfg.max_query_length,
+            add_special_tokens=False,
+            return_tensors="pt",
+        )
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def forward(
+        self,
+        x_tokens: torch.Tensor,
+        query_ids: torch.Tensor | None = None,
+        query_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, shared_dim), not normalised. Visual tokens first, then query tokens."""
+        dtype = self.in_proj.weight.dtype
+        device = self.in_proj.weight.device
+        h = self.in_proj(x_tokens.to(device=device, dtype=dtype))
+        b, n, _ = h.shape
+        mask = torch.ones(b, n, dtype=torch.bool, device=device)
+        if query_ids is not None and query_ids.shape[1] > 0:
+            query_ids = query_ids.to(device)
+            if query_mask is None:
+                query_mask = torch.ones_like(query_ids)
+            q = self.llama.embed_tokens(query_ids).to(dtype)
+            h = torch.cat([h, q], dim=1)
+            mask = torch.cat([mask, query_mask.to(device=device, dtype=torch.bool)], dim=1)
+        length = h.shape[1]
+        position_ids = torch.arange(length, device=device).unsqueeze(0).expand(b, -1)
+        # Additive key-padding mask (B,1,L,L): every position attends to every non-pad position.
+        attn = torch.zeros(b, 1, length, length, dtype=dtype, device=device)
+        attn = attn.masked_fill(~mask[:, None, None, :], torch.finfo(dtype).min)
+        rope = self.llama.rotary_emb(h, position_ids=position_ids)
+        for layer in self.llama.layers:
+            h = layer(h, attention_mask=attn, position_ids=position_ids, position_embeddings=rope)
+        h = self.llama.norm(h)
+        m = mask.to(h.dtype).unsqueeze(-1)
+        pooled = (h * m).sum(1) / m.sum(1)
+        return self.head(pooled)

@@ -1,0 +1,82 @@
+"""InfoNCE against an independent cross_entropy reference, gathered negatives, diagnostics."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from jepa.loss import alignment, collapse_diagnostics, effective_rank, info_nce, uniformity
+
+
+def _reference(pred, target, scale, all_target=None, all_pred=None, offset=0):
+    """Written from the definition: softmax over candidates in both directions, averaged."""
+    p, t = F.normalize(pred, dim=-1), F.normalize(target, dim=-1)
+    at = t if all_target is None else F.normalize(all_target, dim=-1)
+    ap = p if all_pred is None else F.normalize(all_pred, dim=-1)
+    labels = torch.arange(pred.shape[0]) + offset
+    return 0.5 * (
+        F.cross_entropy(scale * p @ at.T, labels) + F.cross_entropy(scale * t @ ap.T, labels)
+    )
+
+
+def test_info_nce_matches_cross_entropy_reference_both_directions():
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(6, 12, generator=g), torch.randn(6, 12, generator=g)
+    loss, logits = info_nce(pred, target, 1 / 0.07)
+    assert torch.allclose(loss, _reference(pred, target, 1 / 0.07), atol=1e-6)
+    assert logits.shape == (6, 6)
+    # Both directions count: swapping the roles gives the same symmetric loss...
+    swapped, _ = info_nce(target, pred, 1 / 0.07)
+    assert torch.allclose(loss, swapped, atol=1e-6)
+    # ...and a one-directional loss differs from it in general.
+    one_way = F.cross_entropy(logits, torch.arange(6))
+    assert not torch.allclose(loss, one_way, atol=1e-4)
+
+
+def test_info_nce_lower_for_aligned_pairs():
+    g = torch.Generator().manual_seed(1)
+    target = torch.randn(8, 16, generator=g)
+    aligned = target + 0.05 * torch.randn(8, 16, generator=g)
+    shuffled = aligned[torch.roll(torch.arange(8), 1)]
+    assert info_nce(aligned, target, 10.0)[0] < info_nce(shuffled, target, 10.0)[0]
+    assert (
+        info_nce(aligned, target, 10.0)[0]
+        < info_nce(torch.randn(8, 16, generator=g), target, 10.0)[0]
+    )
+
+
+def test_info_nce_with_gathered_negatives():
+    g = torch.Generator().manual_seed(2)
+    world, b, d, rank = 3, 4, 8, 1
+    all_pred, all_target = (
+        torch.randn(world * b, d, generator=g),
+        torch.randn(world * b, d, generator=g),
+    )
+    pred = all_pred[rank * b : (rank + 1) * b].clone().requires_grad_(True)
+    target = all_target[rank * b : (rank + 1) * b].clone()
+    loss, logits = info_nce(
+        pred, target, 5.0, all_target=all_target, all_pred=all_pred, offset=rank * b
+    )
+    ref = _reference(pred.detach(), target, 5.0, all_target, all_pred, rank * b)
+    assert logits.shape == (b, world * b)
+    assert torch.allclose(loss, ref, atol=1e-6)
+    # The local block of the gathered logits is exactly the local-batch logits.
+    local = info_nce(pred, target, 5.0)[1]
+    assert torch.allclose(logits[:, rank * b : (rank + 1) * b], local, atol=1e-6)
+    loss.backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0
+
+
+def test_collapse_diagnostics_separate_collapsed_from_spread():
+    g = torch.Generator().manual_seed(3)
+    spread = torch.randn(64, 16, generator=g)
+    collapsed = torch.ones(64, 16) + 1e-4 * torch.randn(64, 16, generator=g)
+    s, c = collapse_diagnostics(spread, spread), collapse_diagnostics(collapsed)
+    assert set(s) == {"std", "effective_rank", "uniformity", "alignment"}
+    assert s["std"] > 100 * c["std"]
+    assert s["effective_rank"] > 10 and c["effective_rank"] < 1.1
+    assert s["uniformity"] < -2 and abs(c["uniformity"]) < 1e-3
+    assert s["alignment"] < 1e-6
+    assert alignment(spread, -spread) > 3.9
+    assert uniformity(spread) == s["uniformity"]
+    assert abs(effective_rank(torch.eye(5)) - 5) < 1e-4
