@@ -1,0 +1,164 @@
+"""One validated config object for a pre-embedding job (logged whole to MLflow and `_SUCCESS`).
+
+Everything a rerun must agree on to resume safely (the model's config hash, the sampling, the
+shard size) is derived here, so `run.py` can refuse to mix outputs of two different configs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# ViT-L/16 proportions (V-JEPA 2 vitl-fpc64-256) with random weights: a GPU throughput stand-in
+# that needs no download.
+VITL_RANDOM: dict[str, Any] = {
+    "name_or_path": None,
+    "hidden_size": 1024,
+    "num_layers": 24,
+    "num_heads": 16,
+    "patch_size": 16,
+    "tubelet_size": 2,
+    "image_size": 256,
+    "num_frames": 16,
+}
+MANIFEST_EXTENSIONS = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet")
+X_ENCODER_ALIASES = {"random": {"name_or_path": None}, "vitl-random": VITL_RANDOM}
+
+
+class EmbedConfig(BaseModel):
+    """`vljepa embed`'s whole configuration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    manifest: str = Field(
+        description="JSONL/CSV/Parquet manifest, or a folder/.tar of WebDataset shards"
+    )
+    out: str = Field(description="output root (local folder or s3://bucket/prefix)")
+    webdataset: bool | None = Field(None, description="None = detect from the manifest URI")
+    preset: str = "tiny"
+    x_encoder: str | None = Field(None, description="hub name/local path, 'random', 'vitl-random'")
+    y_encoder: str | None = Field(
+        None, description="text backbone: hub name/local path or 'minilm'"
+    )
+    frames: int | None = Field(None, gt=0, description="frames per clip (default: the X-encoder's)")
+    size: int | None = Field(None, gt=0, description="frame size in px (default: the X-encoder's)")
+    fps: float | None = Field(None, gt=0, description="sampling rate; None = spread over the clip")
+    pad: bool = False
+    x_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None,
+        description="X-encoder compute dtype (default: the preset's on CPU, bfloat16 with GPUs)",
+    )
+    dtype: Literal["float16", "float32"] = "float16"
+    rows_per_file: int = Field(1000, gt=0)
+    shard_size: int | None = Field(None, gt=0, description="manifest rows per input shard")
+    batch_size: int = Field(8, gt=0)
+    concurrency: tuple[int, int] | None = None
+    gpus: float = Field(0.0, ge=0, description="GPUs per encoder actor (0 = CPU)")
+    torch_threads: int = Field(1, ge=1, description="torch threads per CPU actor")
+    limit: int | None = Field(None, gt=0, description="embed only the first N manifest rows")
+    overwrite: bool = False
+    address: str | None = None
+    mlflow: bool = False
+    tracking_uri: str | None = None
+    experiment: str = "vljepa-embed"
+    progress: bool = True
+    # Sleep this long after each batch in the workers: lets tests interrupt a run part-way.
+    debug_batch_delay_s: float = Field(0.0, ge=0)
+
+    @field_validator("concurrency", mode="before")
+    @classmethod
+    def _parse_concurrency(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            parts = [p for p in v.replace(" ", "").split(",") if p]
+            if len(parts) == 1:
+                parts = parts * 2
+            try:
+                return tuple(int(p) for p in parts)
+            except ValueError:
+                raise ValueError(f"expected MIN,MAX integers, got {v!r}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> EmbedConfig:
+        if self.concurrency is not None:
+            lo, hi = self.concurrency
+            if lo < 1 or hi < lo:
+                raise ValueError(f"concurrency needs 1 <= MIN <= MAX, got {lo},{hi}")
+        if not self.manifest.strip():
+            raise ValueError("manifest must not be empty")
+        if not self.out.strip():
+            raise ValueError("out must not be empty")
+        self.model()  # an unknown preset or inconsistent frames/size fails here, before any work
+        return self
+
+    @property
+    def rows_per_shard(self) -> int:
+        return self.shard_size or self.rows_per_file
+
+    @property
+    def is_webdataset(self) -> bool:
+        """Explicit flag, else: a `.tar` or a folder (no manifest extension) means WebDataset."""
+        if self.webdataset is not None:
+            return self.webdataset
+        ext = os.path.splitext(self.manifest.rstrip("/"))[1].lower()
+        return ext not in MANIFEST_EXTENSIONS
+
+    def model(self):
+        """The VLJEPAConfig whose X- and Y-encoder parts produce the embeddings."""
+        from jepa.config import VLJEPAConfig
+
+        cfg = VLJEPAConfig.preset(self.preset)
+        x = cfg.x_encoder.model_dump()
+        if self.x_encoder is not None:
+            x.update(X_ENCODER_ALIASES.get(self.x_encoder, {"name_or_path": self.x_encoder}))
+        if self.frames is not None:
+            x["num_frames"] = self.frames
+        if self.size is not None:
+            x["image_size"] = self.size
+        if self.x_dtype is not None:
+            x["dtype"] = self.x_dtype
+        elif self.gpus > 0:
+            x["dtype"] = "bfloat16"  # GPU encoders run in bf16 unless told otherwise
+        cfg.x_encoder = type(cfg.x_encoder).model_validate(x)
+        if self.y_encoder is not None:
+            y = cfg.y_encoder.model_dump()
+            y["name_or_path"] = self.y_encoder
+            if self.y_encoder == "minilm":
+                y["tokenizer"] = "minilm"
+            cfg.y_encoder = type(cfg.y_encoder).model_validate(y)
+        return cfg
+
+    def sampling(self):
+        from pipelines.embed.decode import Sampling
+
+        x = self.model().x_encoder
+        return Sampling(frames=x.num_frames, size=x.image_size, fps=self.fps, pad=self.pad)
+
+    def resolved_concurrency(
+        self, cluster_cpus: float, cluster_gpus: float
+    ) -> tuple[int, int, int]:
+        """(min, max, initial) actors. Given: start at MAX (the user sized it). Default: 1..(GPUs
+        or CPUs), starting at 1 and letting Ray Data's autoscaler add actors while input queues."""
+        if self.concurrency is not None:
+            return self.concurrency[0], self.concurrency[1], self.concurrency[1]
+        if self.gpus > 0:
+            return 1, max(1, int(cluster_gpus // self.gpus)), 1
+        return 1, max(1, int(cluster_cpus)), 1
+
+    def resume_key(self) -> dict[str, Any]:
+        """What must match between runs for their shards to be mixed in one output."""
+        s = self.sampling()
+        return {
+            "manifest": self.manifest,
+            "webdataset": self.is_webdataset,
+            "rows_per_shard": self.rows_per_shard,
+            "limit": self.limit,
+            "config_hash": self.model().hash(),
+            "frames": s.frames,
+            "size": s.size,
+            "fps": s.fps,
+            "pad": s.pad,
+            "dtype": self.dtype,
+        }
