@@ -1,0 +1,193 @@
+"""The Serve application's settings: the YAML (serve deploy / RayService form), its overrides,
+and the validated arguments `build_app` receives.
+
+One file drives every way of running the app (`vljepa serve` locally, `serve deploy`, a KubeRay
+RayService), so the YAML is validated against Ray's own `ServeDeploySchema` *and* the app's
+`args` against `AppArgs` before anything starts: a typo fails in the CLI, not in a replica.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DEFAULT_CONFIG = Path(__file__).with_name("serve_config.yaml")
+APP_NAME = "vljepa"
+DEPLOYMENTS = ("Ingress", "Encoder", "TextEncoder", "Decoder")
+
+
+class DetectorArgs(BaseModel):
+    """Online selective decoding (jepa.selective.OnlineDetectorConfig), tuned per model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(0.15, gt=0, le=2, description="cosine distance that triggers a decode")
+    min_gap: float = Field(2.0, ge=0, description="seconds between two decodes at least")
+    smoothing: float = Field(0.5, ge=0, lt=1, description="EMA weight of the past (0 = off)")
+
+
+class AppArgs(BaseModel):
+    """`args:` of the application in the Serve config; validated once in `build_app`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_uri: str = Field(
+        "", description="models:/name/version, runs:/ID/path, s3://..., a local dir; '' = preset"
+    )
+    model_preset: str = Field("tiny", description="preset built (untrained) when model_uri is ''")
+    mlflow_tracking_uri: str = Field("", description="for models:/ and runs:/ URIs")
+    allowed_uri_prefixes: list[str] = Field(
+        default_factory=list, description="clip URIs must start with one of these (none: no URIs)"
+    )
+    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    auth_token_env: str = Field(
+        "", description="name of an env var holding the bearer token ('' or unset var: no auth)"
+    )
+    min_clip_frames: int = Field(2, ge=1, description="shorter clips are rejected (422)")
+    max_labels: int = Field(256, ge=1)
+    max_query_chars: int = Field(2000, ge=1)
+    max_new_tokens: int = Field(24, ge=1, le=256)
+    detector: DetectorArgs = Field(default_factory=DetectorArgs)
+    decode_retry_budget_s: float = Field(
+        30.0, ge=0, description="how long the ingress retries a dead/restarting Decoder"
+    )
+    stream_store: str = Field(
+        "", description="name of the detached stream-state actor ('' = vljepa-streams-<app>)"
+    )
+
+    @field_validator("allowed_uri_prefixes")
+    @classmethod
+    def _prefixes(cls, v: list[str]) -> list[str]:
+        out = []
+        for p in v:
+            if not p or ".." in p.split("/"):
+                raise ValueError(f"bad allowed URI prefix {p!r}")
+            if not p.startswith("s3://"):
+                p = os.path.abspath(p[len("file://") :] if p.startswith("file://") else p)
+            out.append(p.rstrip("/") + "/")
+        return out
+
+
+def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The YAML as a dict (default: the packaged serve/serve_config.yaml)."""
+    with open(path or DEFAULT_CONFIG) as f:
+        cfg = yaml.safe_load(f)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path or DEFAULT_CONFIG}: not a Serve config mapping")
+    return cfg
+
+
+def app_entry(cfg: dict[str, Any], name: str = APP_NAME) -> dict[str, Any]:
+    for app in cfg.get("applications", []):
+        if app.get("name") == name:
+            return app
+    raise ValueError(f"the Serve config has no application named {name!r}")
+
+
+def apply_overrides(
+    cfg: dict[str, Any],
+    *,
+    args: dict[str, Any] | None = None,
+    deployments: dict[str, dict[str, Any]] | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    app_name: str = APP_NAME,
+) -> dict[str, Any]:
+    """A copy of `cfg` with app args, per-deployment settings and HTTP options replaced.
+
+    Deployment overrides merge one level deep (so `{"Encoder": {"autoscaling_config": {...}}}`
+    replaces that deployment's autoscaling block and keeps its other keys).
+    """
+    cfg = copy.deepcopy(cfg)
+    app = app_entry(cfg, app_name)
+    if args:
+        app.setdefault("args", {}).update(args)
+    for dname, over in (deployments or {}).items():
+        if dname not in DEPLOYMENTS:
+            raise ValueError(f"unknown deployment {dname!r}; the app has {', '.join(DEPLOYMENTS)}")
+        entries = app.setdefault("deployments", [])
+        entry = next((d for d in entries if d.get("name") == dname), None)
+        if entry is None:
+            entry = {"name": dname}
+            entries.append(entry)
+        for k, v in over.items():
+            if v is None:
+                entry.pop(k, None)
+            else:
+                entry[k] = copy.deepcopy(v)
+        if "num_replicas" in over and over["num_replicas"] is not None:
+            entry.pop("autoscaling_config", None)
+        if "autoscaling_config" in over and over["autoscaling_config"] is not None:
+            entry.pop("num_replicas", None)
+    http = cfg.setdefault("http_options", {})
+    if host is not None:
+        http["host"] = host
+    if port is not None:
+        http["port"] = int(port)
+    return cfg
+
+
+def validate(cfg: dict[str, Any], app_name: str = APP_NAME):
+    """Ray's ServeDeploySchema for the whole file + AppArgs for our app; returns the schema."""
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(cfg)
+    app = app_entry(cfg, app_name)
+    AppArgs.model_validate(app.get("args") or {})
+    names = {d.get("name") for d in app.get("deployments", [])}
+    unknown = names - set(DEPLOYMENTS)
+    if unknown:
+        raise ValueError(f"unknown deployments in the config: {sorted(unknown)}")
+    return schema
+
+
+def urls(cfg: dict[str, Any], app_name: str = APP_NAME) -> dict[str, str]:
+    """Where the app answers, for printing."""
+    http = cfg.get("http_options") or {}
+    host = http.get("host", "127.0.0.1")
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    prefix = (app_entry(cfg, app_name).get("route_prefix") or "/").rstrip("/")
+    base = f"http://{host}:{http.get('port', 8000)}{prefix}"
+    return {"api": base + "/v1", "docs": base + "/docs", "health": base + "/healthz"}
+
+
+def deploy(cfg: dict[str, Any]) -> None:
+    """Run the config on the connected Ray cluster the way `serve run config.yaml` does: start
+    Serve with the file's HTTP options, then hand the whole config to the controller (which
+    imports `serve.app:build_app` and applies the per-deployment settings)."""
+    from ray.serve._private import api as _private_api
+    from ray.serve.config import gRPCOptions
+
+    schema = validate(cfg)
+    client = _private_api.serve_start(
+        http_options=schema.http_options.model_dump(),
+        proxy_location=schema.proxy_location,
+        grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
+    )
+    client.deploy_apps(schema, _blocking=False)
+
+
+def wait_running(app_name: str = APP_NAME, timeout_s: float = 180.0) -> None:
+    """Block until the app is RUNNING; raise with Serve's message if it fails to deploy."""
+    import time
+
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get(app_name)
+        if app is not None:
+            status = str(getattr(app.status, "value", app.status))
+            last = f"{status}: {app.message}"
+            if status == "RUNNING":
+                return
+            if status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                raise RuntimeError(f"Serve app {app_name!r} {last}")
+        time.sleep(0.5)
+    raise TimeoutError(f"Serve app {app_name!r} not running after {timeout_s:.0f}s ({last})")

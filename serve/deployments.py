@@ -1,0 +1,605 @@
+"""The Serve deployments: Encoder, TextEncoder, Decoder, and the FastAPI Ingress composing them.
+
+Each model deployment loads its weights once in `__init__` and keeps only the submodules it
+uses; the Encoder and Decoder batch requests dynamically (`@serve.batch`, sizes set through
+`user_config` so a redeploy can retune them without restarting replicas). They scale apart:
+the Encoder keeps a warm minimum, the Decoder may sit at zero because selective decoding calls
+it rarely. The Ingress holds no state of its own; live streams live in the StreamStore actor.
+
+(No `from __future__ import annotations` here: FastAPI must see real classes, not strings, in
+the signatures of the ingress methods that Serve re-wraps.)
+"""
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import ray
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from ray import serve
+from ray.exceptions import RayActorError, WorkerCrashedError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve import api
+from serve.clips import ClipError, decode_clip
+from serve.config import AppArgs
+from serve.security import ApiError, BodyLimitMiddleware, check_bearer, expected_token, read_uri
+from serve.streams import STREAM_ID, get_or_create_store, store_name
+
+log = logging.getLogger("ray.serve")
+
+_BATCH_DEFAULTS = {"max_batch_size": 8, "batch_wait_timeout_s": 0.01}
+
+
+def _torch_threads() -> int:
+    """One torch thread per CPU Ray gave this replica (at least 1): replicas sharing a node must
+    not each spin up a thread per core and fight over them."""
+    import torch
+
+    try:
+        cpus = float(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0))
+    except Exception:
+        cpus = 1.0
+    n = max(1, round(cpus))
+    torch.set_num_threads(n)
+    return n
+
+
+def _replica_tag() -> str:
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:
+        return "local"
+
+
+# ---------------------------------------------------------------------------- model deployments
+
+
+@serve.deployment(
+    name="Encoder",
+    max_ongoing_requests=16,
+    ray_actor_options={"num_cpus": 1},
+    autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4},
+    user_config=_BATCH_DEFAULTS,
+)
+class Encoder:
+    """Clip bytes (+ optional query) -> predicted embedding: decord decode, X-encoder, predictor."""
+
+    def __init__(
+        self,
+        model_uri: str = "",
+        preset: str = "tiny",
+        tracking_uri: str = "",
+        min_clip_frames: int = 2,
+    ):
+        from serve.metrics import ModelMetrics
+        from serve.model_loading import load_model
+
+        _torch_threads()
+        self.model = load_model(model_uri, preset, tracking_uri, keep=("x_encoder", "predictor"))
+        self.num_frames = int(self.model.x_encoder.num_frames)
+        self.image_size = int(self.model.x_encoder.image_size)
+        self.min_clip_frames = min_clip_frames
+        self.metrics = ModelMetrics("encoder")
+
+    def reconfigure(self, config: dict) -> None:
+        cfg = {**_BATCH_DEFAULTS, **(config or {})}
+        self.predict_batch.set_max_batch_size(int(cfg["max_batch_size"]))
+        self.predict_batch.set_batch_wait_timeout_s(float(cfg["batch_wait_timeout_s"]))
+        self.batching = cfg
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "batching": getattr(self, "batching", _BATCH_DEFAULTS),
+            "num_frames": self.num_frames,
+            "image_size": self.image_size,
+            "shared_dim": int(self.model.config.shared_dim),
+            "replica": _replica_tag(),
+        }
+
+    async def embed(self, data: bytes, query: str | None = None) -> dict[str, Any]:
+        """{"embedding", "duration_s", "frames"} or {"error": {...}} for a bad clip (never raises
+        on bad input: the ingress maps the error to a 4xx)."""
+        try:
+            clip = await asyncio.to_thread(
+                decode_clip, data, self.num_frames, self.image_size, self.min_clip_frames
+            )
+        except ClipError as e:
+            return {"error": e.as_dict()}
+        emb = await self.predict_batch((clip.frames, query or ""))
+        return {"embedding": emb, "duration_s": clip.duration_s, "frames": clip.source_frames}
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def predict_batch(self, items: list[tuple[np.ndarray, str]]) -> list[np.ndarray]:
+        return await asyncio.to_thread(self._predict, items)
+
+    def _predict(self, items: list[tuple[np.ndarray, str]]) -> list[np.ndarray]:
+        import torch
+
+        t0 = time.perf_counter()
+        frames = np.stack([f for f, _ in items])
+        queries = [q for _, q in items]
+        with torch.inference_mode():
+            x = self.model.x_encoder(frames)
+            q = self.model.predictor.tokenize(queries if any(queries) else None, len(items))
+            pred = self.model.predict(x, q["input_ids"], q["attention_mask"])
+        out = pred.float().cpu().numpy()
+        self.metrics.batch(len(items), (time.perf_counter() - t0) * 1000)
+        return list(out)
+
+
+@serve.deployment(
+    name="TextEncoder",
+    max_ongoing_requests=32,
+    ray_actor_options={"num_cpus": 0.5},
+    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8},
+)
+class TextEncoder:
+    """Labels and queries -> Y-encoder embeddings (L2-normalised), with a bounded label cache:
+    classification sends the same candidate sets again and again."""
+
+    CACHE = 4096
+
+    def __init__(self, model_uri: str = "", preset: str = "tiny", tracking_uri: str = ""):
+        from serve.metrics import ModelMetrics
+        from serve.model_loading import load_model
+
+        _torch_threads()
+        self.model = load_model(model_uri, preset, tracking_uri, keep=("y_encoder",))
+        self.cache: dict[str, np.ndarray] = {}
+        self.metrics = ModelMetrics("text_encoder")
+
+    async def encode(self, texts: list[str]) -> np.ndarray:
+        missing = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        if missing:
+            vecs = await asyncio.to_thread(self._encode, missing)
+            if len(self.cache) + len(missing) > self.CACHE:
+                self.cache.clear()
+            self.cache.update(zip(missing, vecs, strict=True))
+        return np.stack([self.cache[t] for t in texts])
+
+    def _encode(self, texts: list[str]) -> list[np.ndarray]:
+        import torch
+
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            emb = self.model.embed_text(texts).float().cpu().numpy()
+        self.metrics.batch(len(texts), (time.perf_counter() - t0) * 1000)
+        return list(emb)
+
+    def ready(self) -> bool:
+        return True
+
+
+@serve.deployment(
+    name="Decoder",
+    max_ongoing_requests=16,
+    ray_actor_options={"num_cpus": 0.5},
+    autoscaling_config={
+        "min_replicas": 0,
+        "initial_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": 4,
+    },
+    user_config=_BATCH_DEFAULTS,
+)
+class Decoder:
+    """Embedding -> caption (Y-decoder). Counts every caption it generates (Prometheus counter
+    `vljepa_decoder_calls_total` and `calls()`), which is how selective decoding's saving is
+    measured from the Decoder's own side."""
+
+    def __init__(
+        self,
+        model_uri: str = "",
+        preset: str = "tiny",
+        tracking_uri: str = "",
+        max_new_tokens: int = 24,
+    ):
+        from ray.serve.metrics import Counter
+
+        from serve.metrics import ModelMetrics
+        from serve.model_loading import ensure_decoder, load_model
+
+        _torch_threads()
+        model = load_model(model_uri, preset, tracking_uri, keep=("y_decoder",))
+        self.decoder = ensure_decoder(model)
+        self.max_new_tokens = max_new_tokens
+        self.n_calls = 0
+        self.n_batches = 0
+        self.counter = Counter(
+            "vljepa_decoder_calls_total", description="Captions generated by the Decoder"
+        )
+        self.metrics = ModelMetrics("decoder")
+
+    def reconfigure(self, config: dict) -> None:
+        cfg = {**_BATCH_DEFAULTS, **(config or {})}
+        self.generate_batch.set_max_batch_size(int(cfg["max_batch_size"]))
+        self.generate_batch.set_batch_wait_timeout_s(float(cfg["batch_wait_timeout_s"]))
+
+    async def caption(self, embedding: np.ndarray) -> str:
+        return await self.generate_batch(np.asarray(embedding, dtype=np.float32))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def generate_batch(self, embeddings: list[np.ndarray]) -> list[str]:
+        return await asyncio.to_thread(self._generate, embeddings)
+
+    def _generate(self, embeddings: list[np.ndarray]) -> list[str]:
+        t0 = time.perf_counter()
+        out = self.decoder.generate(np.stack(embeddings), max_new_tokens=self.max_new_tokens)
+        self.n_calls += len(embeddings)
+        self.n_batches += 1
+        self.counter.inc(len(embeddings))
+        self.metrics.batch(len(embeddings), (time.perf_counter() - t0) * 1000)
+        return out
+
+    def calls(self) -> dict[str, Any]:
+        return {"replica": _replica_tag(), "calls": self.n_calls, "batches": self.n_batches}
+
+
+# ---------------------------------------------------------------------------- ingress
+
+app = FastAPI(
+    title="vljepa",
+    version="0.1.0",
+    description=(
+        "VL-JEPA serving: predicted embeddings, captions, zero-shot classification and live "
+        "streams with selective decoding (the Decoder runs only when the meaning changes)."
+    ),
+)
+
+
+class _Settings:
+    """Per-process settings the module-level FastAPI hooks read (set by Ingress.__init__)."""
+
+    max_request_bytes = 32 * 1024 * 1024
+    metrics = None
+    replica = ""
+
+
+app.add_middleware(BodyLimitMiddleware, limit_fn=lambda: _Settings.max_request_bytes)
+
+
+def _error(status: int, error: str, detail: Any = "") -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": error, "detail": detail})
+
+
+@app.exception_handler(ApiError)
+async def _api_error(_req: Request, e: ApiError) -> JSONResponse:
+    return _error(e.status, e.error, e.detail)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_req: Request, e: RequestValidationError) -> JSONResponse:
+    return _error(422, "invalid request", json.loads(json.dumps(e.errors(), default=str)))
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_req: Request, e: StarletteHTTPException) -> JSONResponse:
+    return _error(e.status_code, str(e.detail).lower(), "")
+
+
+@app.exception_handler(RayActorError)
+async def _dependency_down(_req: Request, e: RayActorError) -> JSONResponse:
+    # e.g. the stream store restarting: the client may retry, nothing is wrong with its input
+    log.warning("a dependency actor is unavailable: %s", type(e).__name__)
+    return _error(503, "temporarily unavailable", type(e).__name__)
+
+
+@app.exception_handler(Exception)
+async def _internal_error(_req: Request, e: Exception) -> JSONResponse:
+    log.exception("unhandled error in the ingress")
+    return _error(500, "internal error", type(e).__name__)
+
+
+@app.middleware("http")
+async def _observe(request: Request, call_next):
+    t0 = time.perf_counter()
+    response = await call_next(request)
+    response.headers["x-vljepa-replica"] = _Settings.replica
+    if _Settings.metrics is not None:
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        _Settings.metrics.observe(path, response.status_code, (time.perf_counter() - t0) * 1000)
+    return response
+
+
+_RETRYABLE = (
+    RayActorError,
+    WorkerCrashedError,
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
+
+
+def _validation_detail(e: ValidationError) -> list:
+    return json.loads(e.json(include_url=False))
+
+
+# Helpers the ingress methods call must be defined before the class: @serve.ingress captures
+# the module's names when it wraps the class.
+def _check_stream_id(stream_id: str) -> None:
+    if not STREAM_ID.match(stream_id):
+        raise ApiError(400, "invalid stream id", "1-128 of [A-Za-z0-9_.:-], starting alphanumeric")
+
+
+@serve.deployment(
+    name="Ingress",
+    num_replicas=1,
+    max_ongoing_requests=64,
+    ray_actor_options={"num_cpus": 0.25},
+)
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, encoder, text_encoder, decoder, args: dict):
+        from serve.metrics import IngressMetrics
+
+        self.args = AppArgs.model_validate(args)
+        self.encoder = encoder
+        self.text_encoder = text_encoder
+        self.decoder = decoder
+        self.token = expected_token(self.args.auth_token_env)
+        _Settings.max_request_bytes = self.args.max_request_bytes
+        self.metrics = _Settings.metrics = IngressMetrics()
+        _Settings.replica = _replica_tag()
+        app_name = serve.get_replica_context().app_name
+        detector = self.args.detector.model_dump()
+        self.store = get_or_create_store(store_name(app_name, self.args.stream_store), detector)
+        ray.get(self.store.configure.remote(detector))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _auth(self, request: Request) -> None:
+        check_bearer(request.headers.get("authorization"), self.token)
+
+    async def _read(self, request: Request, model: type[BaseModel]) -> tuple[Any, bytes]:
+        """The validated request and the clip bytes, from JSON, multipart or a URI."""
+        self._auth(request)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        data: bytes | None = None
+        if ctype == "multipart/form-data":
+            try:
+                form = await request.form(max_files=1, max_fields=self.args.max_labels + 8)
+            except ApiError:
+                raise
+            except Exception as e:
+                raise ApiError(400, "bad multipart body", str(e)[:200]) from e
+            fields: dict[str, Any] = {}
+            for k, v in form.multi_items():
+                if k == "clip":
+                    if not hasattr(v, "read"):
+                        raise ApiError(422, "invalid request", "clip must be a file upload")
+                    data = await v.read()
+                elif k == "labels":
+                    fields.setdefault("labels", []).append(v)
+                else:
+                    fields[k] = v
+            if data is not None:
+                fields["clip_b64"] = ""  # the bytes came as a file; marks the source as given
+            try:
+                req = model.model_validate(fields, strict=False)
+            except ValidationError as e:
+                raise ApiError(422, "invalid request", _validation_detail(e)) from e
+        elif ctype in ("application/json", ""):
+            body = await request.body()
+            try:
+                obj = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ApiError(400, "bad JSON", str(e)[:200]) from e
+            if not isinstance(obj, dict):
+                raise ApiError(422, "invalid request", "the body must be a JSON object")
+            try:
+                req = model.model_validate(obj)
+            except ValidationError as e:
+                raise ApiError(422, "invalid request", _validation_detail(e)) from e
+            if req.clip_b64 is not None:
+                try:
+                    data = base64.b64decode(req.clip_b64, validate=True)
+                except (binascii.Error, ValueError) as e:
+                    raise ApiError(400, "bad base64", str(e)[:200]) from e
+        else:
+            raise ApiError(415, "unsupported content type", ctype)
+        query = getattr(req, "query", None)
+        if query is not None and len(query) > self.args.max_query_chars:
+            raise ApiError(422, "query too long", f"over {self.args.max_query_chars} characters")
+        if getattr(req, "uri", None):
+            data = await asyncio.to_thread(
+                read_uri, req.uri, self.args.allowed_uri_prefixes, self.args.max_request_bytes
+            )
+        if not data:
+            raise ApiError(400, "empty clip", "the clip has no bytes")
+        return req, data
+
+    async def _retrying(self, what: str, make_call):
+        """Await a handle call, retrying replica failures (a dead or restarting replica, back
+        pressure) with backoff for at most `decode_retry_budget_s`; then 503."""
+        deadline = time.monotonic() + self.args.decode_retry_budget_s
+        delay = 0.1
+        while True:
+            try:
+                return await make_call()
+            except _RETRYABLE as e:
+                if time.monotonic() + delay > deadline:
+                    raise ApiError(503, f"{what} unavailable", type(e).__name__) from e
+                self.metrics.decode_retries.inc()
+                log.warning("%s call failed (%s); retrying in %.1fs", what, type(e).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _embed(self, data: bytes, query: str | None) -> dict[str, Any]:
+        out = await self._retrying("encoder", lambda: self.encoder.embed.remote(data, query))
+        if "error" in out:
+            err = out["error"]
+            raise ApiError(err["status"], err["error"], err["detail"])
+        return out
+
+    async def _caption(self, embedding: np.ndarray) -> str:
+        return await self._retrying("decoder", lambda: self.decoder.caption.remote(embedding))
+
+    # ------------------------------------------------------------------ routes
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], responses={503: {"model": api.ErrorResponse}})
+    async def readyz(self):
+        """Ready when the Encoder, TextEncoder and stream store answer (the Decoder may be at
+        zero replicas and start on demand)."""
+        try:
+            info, _, _ = await asyncio.wait_for(
+                asyncio.gather(
+                    self.encoder.info.remote(),
+                    self.text_encoder.ready.remote(),
+                    self.store.ping.remote(),
+                ),
+                timeout=10,
+            )
+        except Exception as e:
+            return _error(503, "not ready", type(e).__name__)
+        return {"status": "ready", "model": info}
+
+    @app.post(
+        "/v1/embed",
+        response_model=api.EmbedResponse,
+        responses=api.ERRORS,
+        openapi_extra=api.clip_body_openapi(api.EmbedRequest, {"query": {"type": "string"}}),
+    )
+    async def embed(self, request: Request):
+        req, data = await self._read(request, api.EmbedRequest)
+        out = await self._embed(data, req.query)
+        emb = np.asarray(out["embedding"], dtype=np.float32)
+        return api.EmbedResponse(
+            embedding=emb.tolist(),
+            dim=int(emb.shape[0]),
+            query=req.query,
+            frames=out["frames"],
+            duration_s=out["duration_s"],
+        )
+
+    @app.post(
+        "/v1/caption",
+        response_model=api.CaptionResponse,
+        responses=api.ERRORS,
+        openapi_extra=api.clip_body_openapi(api.CaptionRequest, {"query": {"type": "string"}}),
+    )
+    async def caption(self, request: Request):
+        req, data = await self._read(request, api.CaptionRequest)
+        out = await self._embed(data, req.query)
+        text = await self._caption(out["embedding"])
+        return api.CaptionResponse(caption=text, duration_s=out["duration_s"])
+
+    @app.post(
+        "/v1/classify",
+        response_model=api.ClassifyResponse,
+        responses=api.ERRORS,
+        openapi_extra=api.clip_body_openapi(
+            api.ClassifyRequest,
+            {"labels": {"type": "array", "items": {"type": "string"}}, "query": {"type": "string"}},
+        ),
+    )
+    async def classify(self, request: Request):
+        req, data = await self._read(request, api.ClassifyRequest)
+        labels = [s.strip() for s in req.labels]
+        if len(labels) > self.args.max_labels:
+            raise ApiError(422, "too many labels", f"{len(labels)} > {self.args.max_labels}")
+        if any(not s or len(s) > self.args.max_query_chars for s in labels):
+            raise ApiError(422, "invalid label", "labels must be non-empty and not too long")
+        out, label_emb = await asyncio.gather(
+            self._embed(data, req.query),
+            self._retrying("text encoder", lambda: self.text_encoder.encode.remote(labels)),
+        )
+        scores = np.asarray(label_emb, dtype=np.float32) @ np.asarray(out["embedding"], np.float32)
+        order = np.argsort(-scores, kind="stable")[: req.top_k or len(labels)]
+        return api.ClassifyResponse(
+            labels=[api.LabelScore(label=labels[i], score=float(scores[i])) for i in order]
+        )
+
+    @app.post(
+        "/v1/streams/{stream_id}/clips",
+        response_model=api.StreamClipResponse,
+        responses=api.ERRORS,
+        openapi_extra=api.clip_body_openapi(
+            api.StreamClipRequest,
+            {"seq": {"type": "integer"}, "time_s": {"type": "number"}, "query": {"type": "string"}},
+        ),
+    )
+    async def append_clip(self, stream_id: str, request: Request):
+        """Append the next clip of a live stream; the response carries the captions selective
+        decoding emitted for it. A caption whose Decoder call failed after the retry budget is
+        returned as `pending` and decoded by a later request (no 5xx for stream appends)."""
+        _check_stream_id(stream_id)
+        req, data = await self._read(request, api.StreamClipRequest)
+        out = await self._embed(data, req.query)
+        res = await self.store.advance.remote(
+            stream_id, req.seq, out["embedding"], float(out["duration_s"]), req.time_s
+        )
+        if "error" in res:
+            raise ApiError(res["status"], res["error"], res["detail"])
+        self.metrics.stream_clips.inc()
+        if res["replayed"]:
+            events = res["events"]
+        else:
+            older = await self.store.claim_pending.remote(stream_id)
+            events = await self._decode_events(stream_id, res["new"] + older)
+        return api.StreamClipResponse(
+            stream_id=stream_id,
+            clip_index=res["clip_index"],
+            time_s=res["time_s"],
+            replayed=res["replayed"],
+            events=[api.StreamEvent(**e) for e in events],
+        )
+
+    async def _decode_events(self, stream_id: str, events: list[dict]) -> list[dict]:
+        async def one(ev: dict) -> dict:
+            self.metrics.stream_decodes.inc()
+            try:
+                text = await self._caption(ev["embedding"])
+            except ApiError:
+                await self.store.release.remote(stream_id, ev["event_id"])
+                return {k: v for k, v in ev.items() if k not in ("embedding", "claimed_at")}
+            done = await self.store.set_caption.remote(stream_id, ev["event_id"], text)
+            return done or {
+                **{k: v for k, v in ev.items() if k not in ("embedding", "claimed_at")},
+                "caption": text,
+                "status": "decoded",
+            }
+
+        return list(await asyncio.gather(*(one(e) for e in events)))
+
+    @app.get(
+        "/v1/streams/{stream_id}/events",
+        response_model=api.StreamEventsResponse,
+        responses=api.ERRORS,
+    )
+    async def stream_events(self, stream_id: str, request: Request):
+        self._auth(request)
+        _check_stream_id(stream_id)
+        pending = await self.store.claim_pending.remote(stream_id)
+        if pending:
+            await self._decode_events(stream_id, pending)
+        res = await self.store.events.remote(stream_id)
+        if res is None:
+            raise ApiError(404, "unknown stream", stream_id)
+        return api.StreamEventsResponse(**res)
+
+    @app.delete("/v1/streams/{stream_id}", response_model=api.DeleteResponse, responses=api.ERRORS)
+    async def delete_stream(self, stream_id: str, request: Request):
+        self._auth(request)
+        _check_stream_id(stream_id)
+        if not await self.store.delete.remote(stream_id):
+            raise ApiError(404, "unknown stream", stream_id)
+        return api.DeleteResponse(stream_id=stream_id, deleted=True)

@@ -1,0 +1,118 @@
+"""One way to get a VLJEPA into a replica from any model reference.
+
+`models:/name/version`, `runs:/RUN_ID/path`, `s3://...` and `mlflow-artifacts:/...` go through
+MLflow's `download_artifacts` into a local directory first (so a replica needs the tracking URI,
+never S3 keys when the server proxies artifacts); a local directory is used as it is. An empty
+URI builds the named preset untrained, from fixed seeds, so every replica of every deployment
+holds the same weights and classify/caption stay consistent across replicas.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+
+log = logging.getLogger(__name__)
+
+_MLFLOW_SCHEMES = (
+    "models:/",
+    "runs:/",
+    "s3://",
+    "mlflow-artifacts:/",
+    "gs://",
+    "http://",
+    "https://",
+)
+
+
+def _is_model_dir(path: str) -> bool:
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    return any(n.endswith(".safetensors") for n in names) and any(
+        n.endswith(".json") for n in names
+    )
+
+
+def find_model_dir(root: str) -> str:
+    """The folder under `root` that holds a saved VLJEPA (config JSON + safetensors).
+
+    MLflow nests artifacts (`model/`, `artifacts/model/`...) depending on how they were logged,
+    so the shallowest folder with both files wins.
+    """
+    if _is_model_dir(root):
+        return root
+    best: tuple[int, str] | None = None
+    for dirpath, _dirs, _files in os.walk(root):
+        if _is_model_dir(dirpath):
+            depth = dirpath.count(os.sep)
+            if best is None or depth < best[0]:
+                best = (depth, dirpath)
+    if best is None:
+        raise FileNotFoundError(f"no saved VLJEPA (config JSON + .safetensors) under {root}")
+    return best[1]
+
+
+def local_model_dir(uri: str, tracking_uri: str = "", cache_dir: str | None = None) -> str:
+    """A local directory holding the model that `uri` names (downloading it if needed)."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    if os.path.isdir(uri):
+        return find_model_dir(uri)
+    if not uri.startswith(_MLFLOW_SCHEMES):
+        raise FileNotFoundError(f"model URI {uri!r} is neither a directory nor an MLflow/S3 URI")
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    dst = tempfile.mkdtemp(prefix="vljepa-model-", dir=cache_dir)
+    t0 = time.monotonic()
+    path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst)
+    log.info("downloaded %s to %s in %.1fs", uri, path, time.monotonic() - t0)
+    return find_model_dir(path)
+
+
+def load_model(
+    uri: str = "", preset: str = "tiny", tracking_uri: str = "", keep: tuple[str, ...] = ()
+):
+    """VLJEPA in eval mode. `keep`: the submodules this replica needs ("x_encoder", "predictor",
+    "y_encoder", "y_decoder"); the others are dropped to save memory (empty = keep all)."""
+    import torch
+
+    from jepa.model import VLJEPA
+
+    t0 = time.monotonic()
+    if uri:
+        model = VLJEPA.from_pretrained(local_model_dir(uri, tracking_uri))
+        source = uri
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = VLJEPA.from_preset(preset)
+        source = f"preset {preset} (untrained)"
+    if keep:
+        for name in ("x_encoder", "predictor", "y_encoder", "y_decoder"):
+            if name not in keep and getattr(model, name, None) is not None:
+                setattr(model, name, None)
+    model.eval()
+    log.info("model from %s ready in %.1fs", source, time.monotonic() - t0)
+    return model
+
+
+def ensure_decoder(model, seed: int = 0):
+    """The model's Y-decoder, or an untrained one built from its config (a model saved before the
+    decoder was trained still serves captions, as nonsense, instead of failing)."""
+    import torch
+
+    if getattr(model, "y_decoder", None) is not None:
+        return model.y_decoder
+    from jepa.y_decoder import YDecoder
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        dec = YDecoder.from_config(model.config.y_decoder, model.config.shared_dim)
+    log.warning("model has no trained Y-decoder: captions come from an untrained one")
+    return dec.eval()
