@@ -1,0 +1,94 @@
+"""The trainable part of VL-JEPA, as one module whose forward FSDP2 can hook.
+
+Training on pre-embedded features needs only the predictor, the Y-encoder and the logit scale:
+the frozen X-encoder already ran in `vljepa embed`, so it is never built on a trainer (nor put
+under FSDP). One root `forward` runs both towers so FSDP2's root hooks (lazy init, unshard of
+the root's own parameters, the final reduce-scatter) fire on every step; calling the towers'
+methods directly would bypass them. Attribute names match `VLJEPA`'s, so the state dict maps 1:1
+onto the exported model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jepa.config import VLJEPAConfig
+from jepa.predictor import Predictor
+from jepa.y_encoder import YEncoder
+
+
+class JointEmbedding(nn.Module):
+    def __init__(
+        self,
+        cfg: VLJEPAConfig,
+        *,
+        load_pretrained: bool = True,
+        train_query_embeddings: bool = False,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        x_dim = cfg.x_encoder.hidden_size
+        self.predictor = Predictor.from_config(
+            cfg.predictor, x_dim, cfg.shared_dim, load_pretrained=load_pretrained
+        )
+        self.y_encoder = YEncoder.from_config(
+            cfg.y_encoder, cfg.shared_dim, load_pretrained=load_pretrained
+        )
+        # Stage-1 training has no text queries, so the predictor's token table is never used:
+        # freezing it keeps 'no gradient' from meaning 'no optimizer state' and shrinks
+        # checkpoints (set train_query_embeddings for query training).
+        if not train_query_embeddings:
+            self.predictor.llama.embed_tokens.requires_grad_(False)
+        init = torch.tensor([math.log(1.0 / cfg.temperature)])
+        # 1-element (not 0-d) so FSDP2 can shard it on dim 0 like every other parameter.
+        if cfg.learnable_temperature:
+            self.log_scale = nn.Parameter(init)
+        else:
+            self.register_buffer("log_scale", init)
+
+    def scale(self) -> torch.Tensor:
+        """The logit multiplier 1/temperature, clamped so a learnable one cannot run away."""
+        return self.log_scale.exp().clamp(max=self.cfg.max_logit_scale).reshape(())
+
+    def forward(
+        self,
+        x_tokens: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """(predicted, target, logit scale); either tower may be skipped by passing None."""
+        pred = self.predictor(x_tokens) if x_tokens is not None else None
+        target = self.y_encoder(input_ids, attention_mask) if input_ids is not None else None
+        return pred, target, self.scale()
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """AdamW groups: the Y-encoder at lr * y_lr_mult (the paper's 0.05), no decay on
+        biases, norms and scalars. Built after fully_shard, so it holds the sharded parameters."""
+        groups: dict[tuple[str, bool], list] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            tower = "y" if name.startswith("y_encoder.") else "p"
+            decay = p.ndim >= 2 and "norm" not in name.lower()
+            groups.setdefault((tower, decay), []).append(p)
+        out = []
+        for (tower, decay), params in sorted(groups.items()):
+            mult = self.cfg.y_lr_mult if tower == "y" else 1.0
+            out.append(
+                {
+                    "params": params,
+                    "lr": lr * mult,
+                    "base_lr": lr * mult,
+                    "weight_decay": weight_decay if decay else 0.0,
+                    "name": f"{'y_encoder' if tower == 'y' else 'predictor'}{'' if decay else '_nodecay'}",
+                }
+            )
+        return out
+
+
+def normalize(z: torch.Tensor) -> torch.Tensor:
+    return F.normalize(z.float(), dim=-1)

@@ -1,0 +1,195 @@
+"""`vljepa train` on the driver: validate, open the MLflow run, fit on Ray Train, export, register.
+
+The driver does everything that must happen exactly once (the run's params, the consolidated
+export, the registry entry, the plots); the workers do only what scales (the steps). The export
+rebuilds the full VLJEPA (X-encoder included, from the same config and seed the features were
+embedded with) and loads the trained predictor, Y-encoder and logit scale from the last DCP
+checkpoint in one process: DCP reads sharded checkpoints without a process group.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+from pipelines import storage
+from pipelines.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_id: str | None
+    checkpoint: str | None
+    export_dir: str | None
+    model_version: str | None
+    metrics: dict = field(default_factory=dict)
+    train_state: dict = field(default_factory=dict)
+    storage_dir: str | None = None
+
+
+def connect(address: str | None) -> None:
+    """Join `address` (or RAY_ADDRESS), else start an embedded local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = {"log_to_driver": True}
+    # The trainer's workers must import this project: ship the env only for a remote cluster.
+    ray.init(address=address, **kwargs) if address else ray.init(**kwargs)
+
+
+def _run_config(cfg: TrainConfig, name: str):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    fs, path = storage.filesystem(cfg.storage)
+    if not storage.is_s3(cfg.storage):
+        os.makedirs(path, exist_ok=True)
+    return RunConfig(
+        name=name,
+        storage_path=path,
+        storage_filesystem=fs if storage.is_s3(cfg.storage) else None,
+        failure_config=FailureConfig(max_failures=cfg.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        worker_runtime_env={"env_vars": _worker_env()},
+    )
+
+
+def _worker_env() -> dict[str, str]:
+    keep = ("AWS_", "MLFLOW_", "HF_", "VLJEPA_", "TRANSFORMERS_")
+    env = {k: v for k, v in os.environ.items() if k.startswith(keep)}
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def run_training(cfg: TrainConfig, model_overrides: dict | None = None) -> TrainResult:
+    """Fit, export and register; returns where everything went."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from jepa.config import VLJEPAConfig
+    from pipelines.train import data as tdata
+    from pipelines.train import tracking
+
+    model_cfg = VLJEPAConfig.preset(cfg.preset)
+    if model_overrides:
+        model_cfg = VLJEPAConfig.from_dict({**model_cfg.to_dict(), **model_overrides})
+    meta = tdata.check_compatible(cfg.data, model_cfg.hash())
+    log.info("features: %s", tdata.describe(meta))
+    storage.check_writable(cfg.storage)
+
+    name = cfg.name or dt.datetime.now(dt.timezone.utc).strftime("vljepa-train-%Y%m%d-%H%M%S")
+    params = {**cfg.params(), "model.config": model_cfg.to_json(), "model.hash": model_cfg.hash()}
+    params.update({k: v for k, v in meta.items() if k != "vljepa.x_encoder"})
+    run_id = tracking.start_run(
+        cfg.tracking_uri,
+        cfg.experiment,
+        name,
+        params,
+        tags={"vljepa.job": "train", "vljepa.preset": cfg.preset, "mlflow.runName": name},
+    )
+    log.info("MLflow run %s in %s (%s)", run_id, cfg.experiment, cfg.tracking_uri)
+
+    connect(cfg.address)
+    train_ds, val_ds = tdata.load_splits(cfg.data, cfg.train_split, cfg.val_split)
+    trainer = TorchTrainer(
+        _train_func,
+        train_loop_config={
+            "train": cfg.model_dump(),
+            "model": model_cfg.to_dict(),
+            "mlflow_run_id": run_id,
+        },
+        torch_config=TorchConfig(backend="nccl" if cfg.gpus else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus),
+        run_config=_run_config(cfg, name),
+        datasets={"train": train_ds, "val": val_ds},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    from mlflow import MlflowClient
+
+    client = MlflowClient(cfg.tracking_uri)
+    try:
+        result = trainer.fit()
+    except Exception:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    if result.checkpoint is None:
+        client.set_terminated(run_id, "FAILED")
+        raise RuntimeError(f"training reported no checkpoint (error: {result.error})")
+    ckpt_path = result.checkpoint.path
+    ckpt_uri = ("s3://" + ckpt_path) if storage.is_s3(cfg.storage) else ckpt_path
+    log.info("last checkpoint: %s", ckpt_uri)
+    client.set_tag(run_id, "vljepa.checkpoint", ckpt_uri)
+
+    export_dir = cfg.export_dir or os.path.join(tempfile.mkdtemp(prefix="vljepa-export-"), "model")
+    with result.checkpoint.as_directory() as d:
+        from pipelines.train.checkpoint import read_state
+
+        state = read_state(d)
+        export(model_cfg, d, export_dir)
+    tracking.log_model_dir(cfg.tracking_uri, run_id, export_dir, "model")
+    version = None
+    if cfg.register_name:
+        mv = tracking.register(
+            cfg.tracking_uri,
+            run_id,
+            cfg.register_name,
+            tags={"preset": cfg.preset, "step": str(state["step"])},
+        )
+        version = str(mv.version)
+    for keys, path, title in (
+        (["train/loss"], "plots/loss.png", "InfoNCE loss"),
+        (
+            ["val/t2v_r1", "val/t2v_r5", "val/v2t_r1", "val/zero_shot_acc"],
+            "plots/validation.png",
+            "validation",
+        ),
+        (["collapse/pred_std", "collapse/target_std"], "plots/collapse_std.png", "embedding std"),
+    ):
+        tracking.plot_curves(cfg.tracking_uri, run_id, keys, path, title)
+    client.log_text(run_id, json.dumps(state, indent=2), "train_state.json")
+    client.set_terminated(run_id, "FINISHED")
+    metrics = client.get_run(run_id).data.metrics
+    return TrainResult(
+        run_id=run_id,
+        checkpoint=ckpt_uri,
+        export_dir=export_dir,
+        model_version=version,
+        metrics=dict(metrics),
+        train_state=state,
+        storage_dir=storage.join(cfg.storage, name),
+    )
+
+
+def _train_func(config: dict) -> None:
+    from pipelines.train.loop import train_func
+
+    train_func(config)
+
+
+def export(model_cfg, checkpoint_dir: str, out_dir: str) -> str:
+    """Consolidate the sharded checkpoint into a full `save_pretrained` VLJEPA directory."""
+    import torch
+
+    from jepa.model import VLJEPA
+    from pipelines.train.checkpoint import load_model_weights
+    from pipelines.train.joint import JointEmbedding
+
+    joint = JointEmbedding(model_cfg, load_pretrained=False)
+    load_model_weights(checkpoint_dir, joint)
+    model = VLJEPA.from_config(model_cfg, load_pretrained=True)
+    model.predictor.load_state_dict(joint.predictor.state_dict())
+    model.y_encoder.load_state_dict(joint.y_encoder.state_dict())
+    with torch.no_grad():
+        model.logit_scale.copy_(joint.log_scale.reshape(model.logit_scale.shape))
+    model.save_pretrained(out_dir)
+    log.info("exported the trained model to %s", out_dir)
+    return out_dir

@@ -1,0 +1,238 @@
+"""`vljepa train`: FSDP2 on Ray Train (gloo, 2 CPU workers), cross-rank negatives, DCP checkpoints
+with failure recovery and resharding, MLflow tracking and registry, S3 storage. Everything is
+real: the shared Ray cluster, an `mlflow server`, the SeaweedFS S3 server."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+# The acceptance run is a session fixture (~6 min on an idle 2-core machine, much more on a shared
+# one); pytest-timeout counts fixture set-up against the first test that needs it.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri, registry_uri=uri)
+
+
+def _artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
+    out: set[str] = set()
+    for f in client.list_artifacts(run_id, path):
+        if f.is_dir:
+            out |= _artifact_paths(client, run_id, f.path)
+        else:
+            out.add(f.path)
+    return out
+
+
+def test_train_learns_tracked_and_registered(trained_model, embedded_corpus):
+    """Retrieval learned far above chance among >= 100 val clips (the issue's 0.9 needs a longer
+    run: see VLJEPA_TEST_TRAIN_STEPS); params, metric history, artifacts and the registered
+    version on the real MLflow server; each rank's logits are B x 2B."""
+    res, cfg = trained_model.result, trained_model.cfg
+    client = _client(trained_model.tracking_uri)
+    run = client.get_run(res.run_id)
+    m = run.data.metrics
+
+    assert embedded_corpus.n_val >= 100
+    assert m["val/clips"] == embedded_corpus.n_val
+    # chance is 1/26 (26 events); a model that learned nothing stays near it
+    assert m["val/t2v_r1"] >= 0.3, m
+    assert m["val/v2t_r1"] >= 0.2 and m["val/zero_shot_acc"] > 3 / 26, m
+
+    # the whole config as params (+ the model config and the features' provenance)
+    p = run.data.params
+    for k in ("preset", "steps", "lr", "batch_size", "workers", "schedule", "data", "grad_clip"):
+        assert p[k] == str(getattr(cfg, k)), k
+    assert json.loads(p["model.config"])["shared_dim"] == 256
+    assert p["vljepa.config_hash"] == p["model.hash"]
+
+    # metric history: the loss is logged every log_every steps and goes down
+    loss = client.get_metric_history(res.run_id, "train/loss")
+    steps = sorted(x.step for x in loss)
+    assert (
+        steps[0] == cfg.log_every
+        and steps[-1] == cfg.steps
+        and len(steps) == cfg.steps // cfg.log_every
+    )
+    by_step = {x.step: x.value for x in loss}
+    assert by_step[cfg.steps] < by_step[cfg.log_every] * 0.7
+    assert len(client.get_metric_history(res.run_id, "val/t2v_r1")) == cfg.steps // cfg.val_every
+    for key in (
+        "train/lr",
+        "train/grad_norm",
+        "train/temperature",
+        "train/samples_per_s",
+        "collapse/pred_std",
+        "collapse/pred_effective_rank",
+        "collapse/pred_alignment",
+        "collapse/target_uniformity",
+    ):
+        assert key in m, key
+    assert any(k.startswith("system/") for k in m), "system metrics missing"
+
+    # cross-rank negatives: local rows x (2 workers * B) columns
+    assert m["train/logits_rows"] == cfg.batch_size
+    assert m["train/logits_cols"] == 2 * cfg.batch_size
+    assert res.train_state["logits_shape"] == [cfg.batch_size, 2 * cfg.batch_size]
+
+    # artifacts: the exported model, the plots
+    arts = _artifact_paths(client, res.run_id)
+    assert {"model/config.json", "model/model.safetensors"} <= arts
+    assert {"plots/loss.png", "plots/validation.png", "plots/similarity_val.png"} <= arts
+
+    # registry: a version whose source is this run's model
+    mv = client.get_model_version("vljepa-test", res.model_version)
+    assert mv.run_id == res.run_id and mv.source.rstrip("/").endswith("model")
+
+    # the exported model (X-encoder included) reproduces the validation retrieval
+    import numpy as np
+
+    from jepa.model import VLJEPA
+    from pipelines.evaluate import embedding_metrics, load_split
+    from pipelines.train.tracking import resolve_model
+
+    model = VLJEPA.from_pretrained(
+        resolve_model(f"models:/vljepa-test/{res.model_version}", trained_model.tracking_uri)
+    )
+    metrics, _, _ = embedding_metrics(model, load_split(str(embedded_corpus.features), "val"))
+    assert np.isclose(metrics["t2v_r1"], m["val/t2v_r1"], atol=0.02)
+
+
+def test_fsdp2_params_are_sharded_and_checkpoint_has_rank_shards(trained_model):
+    """Acceptance 2 (first half): every trainable parameter is a DTensor Shard(0) over a mesh of
+    2, each rank holds about half of the elements, the DCP checkpoint holds one shard per rank."""
+    from pipelines.train.checkpoint import shard_files
+
+    res = trained_model.result
+    m = _client(trained_model.tracking_uri).get_run(res.run_id).data.metrics
+    assert m["fsdp/mesh_size"] == 2
+    assert m["fsdp/dtensor_params"] == m["fsdp/params"] > 50
+    st = res.train_state
+    assert st["fsdp"]["mesh_size"] == 2
+    assert 0.45 < st["local_numel"] / st["global_numel"] <= 0.55
+    assert shard_files(res.checkpoint) == ["__0_0.distcp", "__1_0.distcp"]
+    assert os.path.exists(os.path.join(res.checkpoint, ".metadata"))
+
+
+def test_worker_killed_resumes_from_checkpoint_on_s3(
+    embedded_corpus, s3, mlflow_server_s3, ray_session, tmp_path
+):
+    """Acceptance 2 (second half) + 4: rank 1 dies hard at step 3; Ray restarts the worker group,
+    which resumes from the step-2 checkpoint (the step count goes on, not back to 0). Checkpoints
+    and MLflow artifacts land on the S3 server."""
+    import boto3
+
+    from pipelines.train import TrainConfig
+    from pipelines.train.trainer import run_training
+
+    marker = tmp_path / "failed-once"
+    cfg = TrainConfig(
+        data=str(embedded_corpus.features),
+        preset=embedded_corpus.preset,
+        workers=2,
+        steps=5,
+        batch_size=8,
+        log_every=1,
+        val_every=5,
+        checkpoint_every=2,
+        storage=s3.uri("train-runs"),
+        name="failover",
+        max_failures=1,
+        fail_at_step=3,
+        fail_rank=1,
+        fail_marker=str(marker),
+        tracking_uri=mlflow_server_s3.url,
+        experiment="vljepa-tests-s3",
+        register_name="vljepa-test-s3",
+    )
+    res = run_training(cfg)
+    assert marker.exists(), "the injected failure did not happen"
+    assert res.train_state["step"] == 5
+    assert res.train_state["resumed_from"] == 2
+    client = _client(mlflow_server_s3.url)
+    starts = sorted(x.value for x in client.get_metric_history(res.run_id, "resume/start_step"))
+    assert starts == [0, 2]
+    loss_steps = sorted({x.step for x in client.get_metric_history(res.run_id, "train/loss")})
+    assert loss_steps == [1, 2, 3, 4, 5]
+
+    s3c = boto3.client("s3", endpoint_url=s3.endpoint_url, region_name=s3.region)
+
+    def keys(prefix: str) -> set[str]:
+        pages = s3c.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket, Prefix=prefix)
+        return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+    assert res.checkpoint == s3.uri("train-runs/failover/checkpoint_0000005")
+    ckpt = keys("train-runs/failover/checkpoint_0000005/")
+    names = {k.rsplit("/", 1)[-1] for k in ckpt}
+    assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "train_state.json"} <= names
+    art = client.get_run(res.run_id).info.artifact_uri
+    assert art.startswith("mlflow-artifacts:")
+    stored = keys("mlartifacts/")
+    assert any(k.endswith(f"{res.run_id}/artifacts/model/model.safetensors") for k in stored), (
+        stored
+    )
+
+
+def test_manual_resume_reshards_to_one_worker(cli, embedded_corpus, trained_model, tmp_path):
+    """`--resume-from` a checkpoint written by 2 ranks, continued by 1 (DCP reshards)."""
+    res = trained_model.result
+    steps = trained_model.cfg.steps + 2
+    out = cli(
+        "train",
+        "--data",
+        embedded_corpus.features,
+        "--workers",
+        "1",
+        "--steps",
+        steps,
+        "--batch-size",
+        "8",
+        "--log-every",
+        "1",
+        "--val-every",
+        "100",
+        "--resume-from",
+        res.checkpoint,
+        "--storage",
+        tmp_path / "runs",
+        "--tracking-uri",
+        trained_model.tracking_uri,
+        "--experiment",
+        "vljepa-tests",
+        "--register-name",
+        "",
+        timeout=400,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout[out.stdout.index("{") :])
+    assert summary["step"] == steps
+    client = _client(trained_model.tracking_uri)
+    starts = [x.value for x in client.get_metric_history(summary["run_id"], "resume/start_step")]
+    assert starts == [trained_model.cfg.steps]
+    assert client.get_run(summary["run_id"]).data.metrics["fsdp/mesh_size"] == 1
+    # the resumed run started from trained weights: its first loss is far below a fresh start's
+    first = min(client.get_metric_history(summary["run_id"], "train/loss"), key=lambda x: x.step)
+    fresh = min(client.get_metric_history(res.run_id, "train/loss"), key=lambda x: x.step)
+    assert first.value < fresh.value * 0.7
+
+
+@pytest.mark.parametrize(
+    "args, reason",
+    [
+        (["--data", "/nonexistent/features"], "no Parquet features"),
+        (["--data", "X", "--preset", "huge"], "preset"),
+        (["--data", "X", "--workers", "0"], "workers"),
+        (["--data", "X", "--steps", "-3"], "steps"),
+    ],
+)
+def test_train_bad_arguments_exit_2(cli, args, reason, embedded_corpus, tmp_path):
+    args = [str(embedded_corpus.features) if a == "X" else a for a in args]
+    out = cli("train", *args, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert reason in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
