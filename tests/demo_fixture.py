@@ -1,0 +1,143 @@
+"""One small `vljepa demo` per pytest session, shared by tests/test_demo.py and test_browser.py.
+
+The demo runs as a real `vljepa demo` subprocess on the session's Ray cluster, tracking into the
+session's MLflow server, with sizes small enough for the suite's budget. It keeps serving after
+its stream (`--serve-seconds`), so the browser test can open the live Serve app's /docs and the
+demo test can query the live stream state; the session's end (or `stop()`) sends SIGTERM, which
+the demo treats like Ctrl-C: it tears its Serve app down and exits 0.
+
+Both modules import `demo_run`; the run itself is a module-level singleton, so however many
+modules register the fixture, the demo runs once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.services import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+# Small enough for the suite (< 4 minutes on 2 busy cores), big enough that every class has a
+# train and a val clip (26 classes) and a stream has several events.
+SIZES = {"clips": 60, "streams": 1, "steps": 12, "decoder-steps": 100}
+READY_LINE = "serving for"  # printed once the stream is done and the demo keeps serving
+# An idle 2-core machine needs ~4 minutes; a machine shared with other jobs can need far more.
+START_TIMEOUT_S = float(os.environ.get("VLJEPA_DEMO_TIMEOUT_S", "900"))
+
+
+@dataclass
+class DemoRun:
+    out: Path
+    port: int
+    tracking_uri: str
+    proc: subprocess.Popen
+    lines: list[str] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+    returncode: int | None = None
+    _reader: threading.Thread | None = None
+
+    @property
+    def stdout(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, timeout_s: float = 120) -> int:
+        """SIGTERM (like Ctrl-C) and wait for the demo to tear Serve down and exit."""
+        if self.returncode is None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.returncode = self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.returncode = self.proc.wait(timeout=30)
+            if self._reader is not None:
+                self._reader.join(timeout=10)
+        return self.returncode
+
+
+_RUN: DemoRun | None = None
+_FAILED: str | None = None
+
+
+def _start(root: Path, tracking_uri: str) -> DemoRun:
+    port = free_port()
+    out = root / "demo"
+    script = Path(sys.executable).parent / "vljepa"
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "cluster.cli"]
+    cmd += ["demo", "--out", str(out), "--port", str(port), "--tracking-uri", tracking_uri]
+    for k, v in SIZES.items():
+        cmd += [f"--{k}", str(v)]
+    cmd += ["--serve-seconds", "1800", "--no-progress"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=str(root),
+        start_new_session=True,  # our SIGTERM goes to the demo, not to pytest's terminal group
+    )
+    run = DemoRun(out=out, port=port, tracking_uri=tracking_uri, proc=proc)
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            run.lines.append(line)
+            if READY_LINE in line:
+                ready.set()
+        ready.set()  # the process ended
+
+    run._reader = threading.Thread(target=read, daemon=True, name="demo-stdout")
+    run._reader.start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not ready.wait(timeout=1):
+        if time.monotonic() > deadline:
+            run.stop(timeout_s=60)
+            raise AssertionError(
+                f"the demo did not finish its stream in {START_TIMEOUT_S}s:\n{_tail(run)}"
+            )
+    if proc.poll() is not None:
+        run.returncode = proc.returncode
+        raise AssertionError(f"the demo exited {proc.returncode} early:\n{_tail(run)}")
+    run.summary = json.loads((out / "demo_summary.json").read_text())
+    return run
+
+
+def _tail(run: DemoRun, n: int = 80) -> str:
+    return "\n".join(run.lines[-n:])
+
+
+@pytest.fixture(scope="session")
+def demo_run(ray_cluster, mlflow_server, session_dir) -> DemoRun:
+    """A finished small demo that is still serving (see the module docstring)."""
+    global _RUN, _FAILED
+    if _FAILED:
+        pytest.fail(f"the shared demo run failed earlier: {_FAILED}")
+    if _RUN is None:
+        try:
+            _RUN = _start(Path(session_dir), mlflow_server.url)
+        except AssertionError as e:
+            _FAILED = str(e).splitlines()[0]
+            raise
+    yield _RUN
+    _RUN.stop()
