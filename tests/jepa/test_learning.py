@@ -19,7 +19,7 @@ from jepa.config import VLJEPAConfig
 from jepa.model import VLJEPA
 
 CLIPS = 64
-STEPS = 120
+STEPS = 200
 LR = 2e-3
 
 
