@@ -67,7 +67,10 @@ def local_model_dir(uri: str, tracking_uri: str = "", cache_dir: str | None = No
     import mlflow
 
     if tracking_uri:
+        # models:/ resolves through the registry: point it at the same store, whatever an
+        # earlier caller in this process set it to
         mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
     dst = tempfile.mkdtemp(prefix="vljepa-model-", dir=cache_dir)
     t0 = time.monotonic()
     path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst)

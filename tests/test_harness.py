@@ -105,7 +105,12 @@ def test_mlflow_run_logged_through_server_and_read_back(mlflow_server, tmp_path)
     local = fresh.download_artifacts(rid, "config.json", str(tmp_path / "dl"))
     assert json.loads(Path(local).read_text()) == {"preset": "tiny", "seed": 0}
     # Proxied artifacts: the client never saw the store; the server wrote the file into it.
-    stored = [p for p in _walk(mlflow_server.artifacts_dir) if p.endswith("config.json")]
+    # (other tests share the server: look only at this run's files)
+    stored = [
+        p
+        for p in _walk(mlflow_server.artifacts_dir)
+        if p.endswith("config.json") and f"{os.sep}{rid}{os.sep}" in p
+    ]
     assert len(stored) == 1
 
 

@@ -81,6 +81,7 @@ class TrainConfig(BaseModel):
     fail_at_step: int | None = Field(None, ge=1)
     fail_rank: int = 1
     fail_marker: str | None = None
+    fail_delay_s: float = Field(10.0, ge=0, description="pause before the injected failure")
 
     @field_validator("preset")
     @classmethod

@@ -304,5 +304,8 @@ def _maybe_fail(cfg: TrainConfig, step: int, rank: int) -> None:
         return
     with open(cfg.fail_marker, "w") as f:
         f.write(f"rank {rank} died at step {step}\n")
+    # A real crash comes long after the last checkpoint was reported; dying within milliseconds
+    # of the report can beat the controller's poll of it and make the restart begin at step 0.
+    time.sleep(cfg.fail_delay_s)
     log.warning("fail_at_step: rank %d exits at step %d", rank, step)
     os._exit(1)

@@ -93,6 +93,7 @@ def test_model_loads_from_directory_runs_and_models_uris(tmp_path: Path):
     model.save_pretrained(saved)
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(tracking)  # other tests in this process may have pointed it elsewhere
     mlflow.set_experiment("serve-test")
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(saved), artifact_path="model")
