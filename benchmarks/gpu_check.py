@@ -81,7 +81,10 @@ def bench_embed(clips_dir: str, n_clips: int, batch: int, threads: int) -> dict:
         for frames in frames_iter:
             buf.append(frames)
             if len(buf) == batch:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start, end = (
+                    torch.cuda.Event(enable_timing=True),
+                    torch.cuda.Event(enable_timing=True),
+                )
                 start.record()
                 tokens = enc(np.stack(buf))
                 end.record()
@@ -113,9 +116,7 @@ def _flops_per_sample(model, t_pred: int, t_y: int) -> float:
 
     def tower(module, tokens: int, emb_names: tuple[str, ...]) -> float:
         params = sum(
-            p.numel()
-            for n, p in module.named_parameters()
-            if not any(e in n for e in emb_names)
+            p.numel() for n, p in module.named_parameters() if not any(e in n for e in emb_names)
         )
         cfg = getattr(module, "llama", None) or getattr(module, "backbone", None)
         cfg = cfg.config if cfg is not None else None
@@ -197,7 +198,9 @@ def bench_fsdp(steps: int, batch: int, text_len: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--clips-dir", required=True, help="folder of mp4 clips (decoded with decord)")
     ap.add_argument("--clips", type=int, default=2000)
     ap.add_argument("--embed-batch", type=int, default=32)
@@ -210,7 +213,9 @@ def main() -> None:
     args = ap.parse_args()
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     if "embed" not in args.skip:
-        result["embed"] = bench_embed(args.clips_dir, args.clips, args.embed_batch, args.decode_threads)
+        result["embed"] = bench_embed(
+            args.clips_dir, args.clips, args.embed_batch, args.decode_threads
+        )
         print(json.dumps(result["embed"], indent=2), flush=True)
     if "train" not in args.skip:
         result["train"] = bench_fsdp(args.train_steps, args.train_batch, args.text_len)
@@ -220,7 +225,10 @@ def main() -> None:
     rows = ["| check | figure |", "|---|---|"]
     for part, vals in result.items():
         if isinstance(vals, dict):
-            rows += [f"| {part}.{k} | {v:.4g} |" if isinstance(v, float) else f"| {part}.{k} | {v} |" for k, v in vals.items()]
+            rows += [
+                f"| {part}.{k} | {v:.4g} |" if isinstance(v, float) else f"| {part}.{k} | {v} |"
+                for k, v in vals.items()
+            ]
     with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
         f.write(f"# GPU check on {result['device']}\n\n" + "\n".join(rows) + "\n")
     print("\n".join(rows))

@@ -79,7 +79,7 @@ def main() -> int:
 
     from jepa.config import VLJEPAConfig
     from jepa.loss import info_nce
-    from pipelines.train.distributed import gather_with_local_grad
+    from pipelines.train.distributed import gather_rows
     from pipelines.train.joint import JointEmbedding
     from pipelines.train.parallelize import apply_fsdp, build_mesh, sharding_report
 
@@ -109,8 +109,8 @@ def main() -> int:
         sync()
         t = time.perf_counter()
         pred, target, scale = model(x, ids, mask)
-        ap_, off = gather_with_local_grad(pred)
-        at_, _ = gather_with_local_grad(target)
+        ap_, off = gather_rows(pred)
+        at_, _ = gather_rows(target)
         loss, logits = info_nce(pred, target, scale, all_target=at_, all_pred=ap_, offset=off)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

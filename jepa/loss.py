@@ -22,6 +22,8 @@ def info_nce(
     all_target: torch.Tensor | None = None,
     all_pred: torch.Tensor | None = None,
     offset: int = 0,
+    keys: torch.Tensor | None = None,
+    all_keys: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric InfoNCE; returns (loss, pred->target logits B x M).
 
@@ -30,6 +32,12 @@ def info_nce(
     gathered tensors and this rank's positives sit at rows offset..offset+B. The local rows of
     the gathered tensors are replaced by the local (autograd-connected) `target` / `pred`, so
     gradients flow through this rank's own embeddings even if the gather did not carry them.
+
+    `keys` (B,) / `all_keys` (M,) are optional integer ids of what each row describes (e.g. a
+    hash of its caption). A column with the same key as a row's positive is not a negative: a
+    corpus where several clips share one caption would otherwise teach the model to push a
+    clip away from its own caption. Such columns are masked out of both softmaxes (the returned
+    logits keep them, for diagnostics).
     """
     b = pred.shape[0]
     p = F.normalize(pred.float(), dim=-1)
@@ -42,8 +50,26 @@ def info_nce(
     labels = torch.arange(b, device=p.device) + offset
     logits_p2t = scale * p @ at.T
     logits_t2p = scale * t @ ap.T
-    loss = 0.5 * (F.cross_entropy(logits_p2t, labels) + F.cross_entropy(logits_t2p, labels))
+    if keys is not None:
+        mask = false_negative_mask(keys, keys if all_keys is None else all_keys, labels)
+        lp, lt = (
+            logits_p2t.masked_fill(mask, float("-inf")),
+            logits_t2p.masked_fill(mask, float("-inf")),
+        )
+    else:
+        lp, lt = logits_p2t, logits_t2p
+    loss = 0.5 * (F.cross_entropy(lp, labels) + F.cross_entropy(lt, labels))
     return loss, logits_p2t
+
+
+def false_negative_mask(
+    keys: torch.Tensor, all_keys: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """(B, M) True where column j shares row i's key but is not its positive."""
+    keys = keys.to(all_keys.device)
+    same = keys.reshape(-1, 1) == all_keys.reshape(1, -1)
+    same[torch.arange(keys.shape[0], device=same.device), labels] = False
+    return same
 
 
 def _splice(gathered: torch.Tensor, local: torch.Tensor, offset: int) -> torch.Tensor:

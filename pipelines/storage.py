@@ -29,7 +29,9 @@ def _region() -> str:
 
 
 @lru_cache(maxsize=8)
-def _s3fs(endpoint: str | None, key: str | None, secret: str | None, token: str | None, region: str):
+def _s3fs(
+    endpoint: str | None, key: str | None, secret: str | None, token: str | None, region: str
+):
     kwargs: dict = {"region": region}
     if key and secret:
         kwargs.update(access_key=key, secret_key=secret, session_token=token)
@@ -38,7 +40,9 @@ def _s3fs(endpoint: str | None, key: str | None, secret: str | None, token: str 
         kwargs["endpoint_override"] = parsed.netloc or parsed.path
         kwargs["scheme"] = parsed.scheme or "https"
         kwargs["force_virtual_addressing"] = False
-    return pafs.S3FileSystem(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=5), **kwargs)
+    return pafs.S3FileSystem(
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=5), **kwargs
+    )
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -100,7 +104,9 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs, path = filesystem(uri)
     if isinstance(fs, pafs.LocalFileSystem):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        tmp = os.path.join(
+            os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp"
+        )
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -137,7 +143,8 @@ def list_files(uri: str, suffix: str = "", recursive: bool = False) -> list[str]
     out = [
         prefix + i.path
         for i in fs.get_file_info(selector)
-        if i.type == pafs.FileType.File and i.path.endswith(suffix)
+        if i.type == pafs.FileType.File
+        and i.path.endswith(suffix)
         and not posixpath.basename(i.path).startswith(".")
     ]
     return sorted(out)

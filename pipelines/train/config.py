@@ -44,6 +44,9 @@ class TrainConfig(BaseModel):
     val_split: str = "val"
     paraphrase_prob: float = Field(0.0, ge=0.0, le=1.0, description="use a paraphrase as target")
     max_text_len: int = Field(32, ge=4, le=512)
+    mask_duplicate_captions: bool = Field(
+        True, description="rows with the same caption are not each other's InfoNCE negatives"
+    )
     # model
     preset: str = "tiny"
     # optimisation

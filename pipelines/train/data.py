@@ -106,13 +106,21 @@ class Collate(NumpyBatchCollateFn):
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         texts = list(batch["caption_ids"])
+        # The caption (before any paraphrase swap) names the event: rows sharing it are not
+        # each other's negatives in InfoNCE.
+        keys = torch.tensor([caption_key(t) for t in texts], dtype=torch.int64)
         if self.paraphrase_prob > 0 and "paraphrase_ids" in batch:
             for i, paras in enumerate(batch["paraphrase_ids"]):
                 if paras is not None and len(paras) and self._rng.random() < self.paraphrase_prob:
                     texts[i] = paras[self._rng.integers(len(paras))]
         ids, mask = pad_ids(texts, self.max_len)
         x = torch.from_numpy(np.array(batch["x_tokens"], copy=True))
-        return {"x_tokens": x, "input_ids": ids, "attention_mask": mask}
+        return {"x_tokens": x, "input_ids": ids, "attention_mask": mask, "caption_key": keys}
+
+
+def caption_key(token_ids) -> int:
+    """A stable id of a tokenised caption (equal captions -> equal ids)."""
+    return zlib.crc32(np.asarray(token_ids, dtype=np.int32).tobytes())
 
 
 def event_key(text: str) -> int:

@@ -20,7 +20,7 @@ import torch
 from pipelines.train import checkpoint as ckpt
 from pipelines.train.config import TrainConfig
 from pipelines.train.data import event_key, iter_train_batches, pad_ids, read_val
-from pipelines.train.distributed import all_reduce_mean, gather_with_local_grad
+from pipelines.train.distributed import all_reduce_mean, gather_rows
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,21 @@ def train_step(model, optimizer, micro_batches, cfg: TrainConfig, device, loss_f
         ids = batch["input_ids"].to(device, non_blocking=True)
         mask = batch["attention_mask"].to(device, non_blocking=True)
         pred, target, scale = model(x, ids, mask)
-        all_pred, offset = gather_with_local_grad(pred)
-        all_target, _ = gather_with_local_grad(target)
+        all_pred, offset = gather_rows(pred)
+        all_target, _ = gather_rows(target)
+        keys = all_keys = None
+        if cfg.mask_duplicate_captions and "caption_key" in batch:
+            keys = batch["caption_key"].to(device)
+            all_keys, _ = gather_rows(keys)
         loss, logits = loss_fn(
-            pred, target, scale, all_target=all_target, all_pred=all_pred, offset=offset
+            pred,
+            target,
+            scale,
+            all_target=all_target,
+            all_pred=all_pred,
+            offset=offset,
+            keys=keys,
+            all_keys=all_keys,
         )
         (loss / len(micro_batches)).backward()
         losses.append(float(loss.detach()))

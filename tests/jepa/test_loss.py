@@ -80,3 +80,55 @@ def test_collapse_diagnostics_separate_collapsed_from_spread():
     assert alignment(spread, -spread) > 3.9
     assert uniformity(spread) == s["uniformity"]
     assert abs(effective_rank(torch.eye(5)) - 5) < 1e-4
+
+
+def test_rows_sharing_a_caption_are_not_negatives():
+    """Clips with one caption (keys equal) drop out of each other's softmax in both directions,
+    so the loss equals the reference over only the distinct-key candidates."""
+    g = torch.Generator().manual_seed(3)
+    pred, target = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
+    keys = torch.tensor([7, 7, 3, 9, 3])
+    masked, _ = info_nce(pred, target, 4.0, keys=keys)
+    assert not torch.allclose(masked, info_nce(pred, target, 4.0)[0])
+    p, t = F.normalize(pred, dim=-1), F.normalize(target, dim=-1)
+    terms = []
+    for i in range(5):
+        cand = [j for j in range(5) if j == i or keys[j] != keys[i]]
+        pos = cand.index(i)
+        for a, b in ((p, t), (t, p)):
+            row = 4.0 * a[i] @ b[cand].T
+            terms.append(-torch.log_softmax(row, 0)[pos])
+    assert torch.allclose(masked, torch.stack(terms).sum() / 10, atol=1e-6)
+    # Distinct keys mask nothing.
+    distinct, _ = info_nce(pred, target, 4.0, keys=torch.arange(5))
+    assert torch.allclose(distinct, info_nce(pred, target, 4.0)[0])
+
+
+def test_duplicate_mask_uses_gathered_keys_and_offset():
+    g = torch.Generator().manual_seed(4)
+    all_pred, all_target = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
+    all_keys = torch.tensor([1, 2, 3, 1, 5, 2])  # rank 1 (rows 3..5) shares 1 and 2 with rank 0
+    rank_rows = slice(3, 6)
+    loss, _ = info_nce(
+        all_pred[rank_rows],
+        all_target[rank_rows],
+        2.0,
+        all_target=all_target,
+        all_pred=all_pred,
+        offset=3,
+        keys=all_keys[rank_rows],
+        all_keys=all_keys,
+    )
+    full, _ = info_nce(all_pred, all_target, 2.0, keys=all_keys)
+    other, _ = info_nce(
+        all_pred[:3],
+        all_target[:3],
+        2.0,
+        all_target=all_target,
+        all_pred=all_pred,
+        offset=0,
+        keys=all_keys[:3],
+        all_keys=all_keys,
+    )
+    # The two ranks' local losses average to the loss over the whole gathered batch.
+    assert torch.allclose((loss + other) / 2, full, atol=1e-6)
