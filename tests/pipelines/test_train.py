@@ -31,9 +31,9 @@ def _artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
 
 
 def test_train_learns_tracked_and_registered(trained_model, embedded_corpus):
-    """Retrieval learned far above chance among >= 100 val clips (the issue's 0.9 needs a longer
-    run: see VLJEPA_TEST_TRAIN_STEPS); params, metric history, artifacts and the registered
-    version on the real MLflow server; each rank's logits are B x 2B."""
+    """Val text-to-video R@1 >= 0.9 among >= 100 clips (chance: 1/26); params, metric history,
+    artifacts and the registered version on the real MLflow server; each rank's logits are
+    B x 2B."""
     res, cfg = trained_model.result, trained_model.cfg
     client = _client(trained_model.tracking_uri)
     run = client.get_run(res.run_id)
@@ -41,9 +41,9 @@ def test_train_learns_tracked_and_registered(trained_model, embedded_corpus):
 
     assert embedded_corpus.n_val >= 100
     assert m["val/clips"] == embedded_corpus.n_val
-    # chance is 1/26 (26 events); a model that learned nothing stays near it
-    assert m["val/t2v_r1"] >= 0.3, m
-    assert m["val/v2t_r1"] >= 0.2 and m["val/zero_shot_acc"] > 3 / 26, m
+    print(f"acceptance run: {cfg.steps} steps, {trained_model.seconds:.0f} s, metrics {m}")
+    assert m["val/t2v_r1"] >= 0.9, m
+    assert m["val/v2t_r1"] >= 0.6 and m["val/zero_shot_acc"] >= 0.5, m
 
     # the whole config as params (+ the model config and the features' provenance)
     p = run.data.params
