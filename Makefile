@@ -3,6 +3,7 @@
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
+DEMO_ARGS ?=
 TOOLS := .tools
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
@@ -28,7 +29,7 @@ browser:
 	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 
 demo: setup
-	$(VENV)/bin/vljepa demo
+	$(VENV)/bin/vljepa demo $(DEMO_ARGS)
 
 test: setup tools browser
 	PATH="$(abspath $(TOOLS))/bin:$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest

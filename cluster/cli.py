@@ -25,9 +25,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("cluster.commands.embed", "Pre-embed a corpus into Parquet with Ray Data."),
     "train": ("cluster.commands.train", "Train predictor + Y-encoder with FSDP2 on Ray Train."),
     "train-decoder": ("cluster.commands.train_decoder", "Train the Y-decoder (embedding -> text)."),
-    "eval": ("cluster.commands.evaluate", "Retrieval, classification, captioning, selective decoding."),
+    "eval": (
+        "cluster.commands.evaluate",
+        "Retrieval, classification, captioning, selective decoding.",
+    ),
     "serve": ("cluster.commands.serve", "Run the Ray Serve application locally."),
-    "submit": ("cluster.commands.submit", "Submit a job to a Ray cluster or to Kubernetes (RayJob)."),
+    "submit": (
+        "cluster.commands.submit",
+        "Submit a job to a Ray cluster or to Kubernetes (RayJob).",
+    ),
     "jobs": ("cluster.commands.jobs", "List, inspect, follow, stop or delete submitted jobs."),
     "deploy": ("cluster.commands.deploy", "Deploy the Serve app to Kubernetes as a RayService."),
     "demo": ("cluster.commands.demo", "The whole pipeline end to end on one machine."),

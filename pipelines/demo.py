@@ -42,9 +42,9 @@ class DemoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     out: str = Field("./vljepa-demo", description="local folder for every output")
-    clips: int = Field(500, ge=20, description="short captioned clips in the corpus")
+    clips: int = Field(520, ge=20, description="short captioned clips in the corpus")
     streams: int = Field(2, ge=1, description="long event streams (played through Serve)")
-    steps: int = Field(200, ge=1, description="training steps")
+    steps: int = Field(150, ge=1, description="training steps")
     decoder_steps: int = Field(300, ge=1, description="Y-decoder training steps")
     workers: int = Field(2, ge=1, description="Ray Train workers")
     batch_size: int = Field(32, ge=2, description="per-worker batch (shrunk to fit a small corpus)")
@@ -208,7 +208,6 @@ def _train(cfg: DemoConfig, tracking_uri: str, train_clips: int):
         steps=cfg.steps,
         batch_size=batch,
         workers=cfg.workers,
-        lr=2e-3,
         warmup_steps=max(1, cfg.steps // 10),
         log_every=max(1, min(10, cfg.steps // 10)),
         val_every=every,

@@ -248,8 +248,11 @@ def summarize_curve(curve: dict, ratio: float = PAPER_RATIO) -> dict:
                 needed = prev["calls"] + frac * (r["calls"] - prev["calls"])
             break
         prev = r
-    out["uniform_calls_to_match"] = needed
-    out["call_ratio_at_equal_cider"] = needed / max(1, a1["calls"])
+    # When no tested uniform rate reaches it, the densest uniform rate gives a lower bound.
+    bound = math.isinf(needed) and bool(uni)
+    out["uniform_calls_to_match"] = uni[-1]["calls"] if bound else needed
+    out["call_ratio_at_equal_cider"] = out["uniform_calls_to_match"] / max(1, a1["calls"])
+    out["call_ratio_is_lower_bound"] = float(bound)
     return out
 
 

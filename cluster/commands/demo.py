@@ -12,20 +12,47 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="./vljepa-demo", help="output folder (default ./vljepa-demo)")
-    p.add_argument("--clips", type=int, default=500, help="corpus clips (default 500)")
+    from pipelines.demo import DemoConfig
+
+    d = {k: f.default for k, f in DemoConfig.model_fields.items()}  # one source of defaults
+    p.add_argument("--out", default=d["out"], help=f"output folder (default {d['out']})")
     p.add_argument(
-        "--streams", type=int, default=2, help="streams played through Serve (default 2)"
+        "--clips", type=int, default=d["clips"], help=f"corpus clips (default {d['clips']})"
     )
-    p.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
-    p.add_argument("--decoder-steps", type=int, default=300, help="Y-decoder steps (default 300)")
-    p.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
-    p.add_argument("--batch-size", type=int, default=32, help="per-worker batch (default 32)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--streams",
+        type=int,
+        default=d["streams"],
+        help=f"streams played through Serve (default {d['streams']})",
+    )
+    p.add_argument(
+        "--steps", type=int, default=d["steps"], help=f"training steps (default {d['steps']})"
+    )
+    p.add_argument(
+        "--decoder-steps",
+        type=int,
+        default=d["decoder_steps"],
+        help=f"Y-decoder steps (default {d['decoder_steps']})",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=d["workers"],
+        help=f"Ray Train workers (default {d['workers']})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=d["batch_size"],
+        help=f"per-worker batch (default {d['batch_size']})",
+    )
+    p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite in OUT/mlruns)")
     p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a local cluster)")
-    p.add_argument("--host", default="127.0.0.1", help="Serve HTTP host (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="Serve HTTP port (default 8000)")
+    p.add_argument("--host", default=d["host"], help=f"Serve HTTP host (default {d['host']})")
+    p.add_argument(
+        "--port", type=int, default=d["port"], help=f"Serve HTTP port (default {d['port']})"
+    )
     p.add_argument("--no-serve", action="store_true", help="stop after the evaluation")
     p.add_argument(
         "--serve-seconds",
