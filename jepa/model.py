@@ -25,6 +25,7 @@ from torch import nn
 
 from jepa.config import FORMAT_VERSION, VLJEPAConfig
 from jepa.loss import info_nce
+from jepa.optim import adamw_param_groups
 from jepa.predictor import Predictor
 from jepa.text import MINILM_ALIASES
 from jepa.x_encoder import XEncoder
@@ -119,35 +120,9 @@ class VLJEPA(nn.Module):
         return info_nce(pred, target, self.scale(), **gathered)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        """AdamW groups: predictor (+ logit scale) at `lr`, Y-encoder at `lr * y_lr_mult`;
-        biases, norms and scalars without weight decay. The X-encoder and the Y-decoder (trained
-        separately) are in no group. Each group carries `name` and `lr_mult` for schedulers."""
-        mult = self.config.y_lr_mult
-        buckets: dict[str, list[nn.Parameter]] = {}
-
-        def add(prefix: str, module: nn.Module) -> None:
-            for p in module.parameters():
-                if p.requires_grad:
-                    kind = "decay" if p.ndim >= 2 else "no_decay"
-                    buckets.setdefault(f"{prefix}.{kind}", []).append(p)
-
-        add("predictor", self.predictor)
-        add("y_encoder", self.y_encoder)
-        if isinstance(self.logit_scale, nn.Parameter):
-            buckets.setdefault("predictor.no_decay", []).append(self.logit_scale)
-        groups = []
-        for name, params in buckets.items():
-            is_y = name.startswith("y_encoder")
-            groups.append(
-                {
-                    "name": name,
-                    "params": params,
-                    "lr": lr * mult if is_y else lr,
-                    "lr_mult": mult if is_y else 1.0,
-                    "weight_decay": weight_decay if name.endswith(".decay") else 0.0,
-                }
-            )
-        return groups
+        """AdamW groups (`jepa.optim.adamw_param_groups`): predictor (+ a learnable logit scale)
+        at `lr`, Y-encoder at `lr * y_lr_mult`; the X-encoder and Y-decoder in none."""
+        return adamw_param_groups(self, lr, weight_decay, self.config.y_lr_mult)
 
     # ------------------------------------------------------------------ inference
     def predict(

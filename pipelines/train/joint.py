@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jepa.config import VLJEPAConfig
+from jepa.optim import adamw_param_groups
 from jepa.predictor import Predictor
 from jepa.y_encoder import YEncoder
 
@@ -66,28 +67,9 @@ class JointEmbedding(nn.Module):
         return pred, target, self.scale()
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """AdamW groups: the Y-encoder at lr * y_lr_mult (the paper's 0.05), no decay on
-        biases, norms and scalars. Built after fully_shard, so it holds the sharded parameters."""
-        groups: dict[tuple[str, bool], list] = {}
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            tower = "y" if name.startswith("y_encoder.") else "p"
-            decay = p.ndim >= 2 and "norm" not in name.lower()
-            groups.setdefault((tower, decay), []).append(p)
-        out = []
-        for (tower, decay), params in sorted(groups.items()):
-            mult = self.cfg.y_lr_mult if tower == "y" else 1.0
-            out.append(
-                {
-                    "params": params,
-                    "lr": lr * mult,
-                    "base_lr": lr * mult,
-                    "weight_decay": weight_decay if decay else 0.0,
-                    "name": f"{'y_encoder' if tower == 'y' else 'predictor'}{'' if decay else '_nodecay'}",
-                }
-            )
-        return out
+        """AdamW groups, the same rule as `VLJEPA.param_groups`. Built after fully_shard, so
+        they hold the sharded parameters."""
+        return adamw_param_groups(self, lr, weight_decay, self.cfg.y_lr_mult)
 
 
 def normalize(z: torch.Tensor) -> torch.Tensor:
