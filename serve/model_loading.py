@@ -66,13 +66,14 @@ def local_model_dir(uri: str, tracking_uri: str = "", cache_dir: str | None = No
         raise FileNotFoundError(f"model URI {uri!r} is neither a directory nor an MLflow/S3 URI")
     import mlflow
 
+    if tracking_uri:
+        # models:/ resolves through the registry: point it at the same store, whatever an
+        # earlier caller in this process set it to
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
     dst = tempfile.mkdtemp(prefix="vljepa-model-", dir=cache_dir)
     t0 = time.monotonic()
-    # models:/ resolves through the registry: the same store, passed explicitly (no global state)
-    store = tracking_uri or None
-    path = mlflow.artifacts.download_artifacts(
-        artifact_uri=uri, dst_path=dst, tracking_uri=store, registry_uri=store
-    )
+    path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst)
     log.info("downloaded %s to %s in %.1fs", uri, path, time.monotonic() - t0)
     return find_model_dir(path)
 

@@ -19,14 +19,12 @@ log = logging.getLogger(__name__)
 
 def setup(tracking_uri: str, experiment: str) -> str:
     """Point MLflow at the store (creating ./mlruns for SQLite) and return the experiment id."""
-    from mlflow import MlflowClient
+    import mlflow
 
     if tracking_uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(tracking_uri[len("sqlite:///") :]) or ".", exist_ok=True)
-    # An explicit client, never mlflow.set_*_uri: library code must not repoint the process's
-    # global MLflow state (a serve replica or a test in the same process may use another store).
-    client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
+    mlflow.set_tracking_uri(tracking_uri)
+    exp = mlflow.get_experiment_by_name(experiment)
     if exp is not None:
         return exp.experiment_id
     artifact_location = None
@@ -34,7 +32,7 @@ def setup(tracking_uri: str, experiment: str) -> str:
         # Keep artifacts beside the SQLite file, not in whatever directory the driver ran from.
         root = os.path.dirname(tracking_uri[len("sqlite:///") :])
         artifact_location = "file://" + os.path.join(root, "artifacts", experiment)
-    return client.create_experiment(experiment, artifact_location=artifact_location)
+    return mlflow.create_experiment(experiment, artifact_location=artifact_location)
 
 
 def start_run(tracking_uri: str, experiment: str, run_name: str | None, params: dict, tags: dict):
@@ -181,10 +179,11 @@ def resolve_model(uri: str, tracking_uri: str | None = None) -> str:
     if uri.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
         import mlflow
 
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+            mlflow.set_registry_uri(tracking_uri)
         dst = tempfile.mkdtemp(prefix="vljepa-model-")
-        return mlflow.artifacts.download_artifacts(
-            artifact_uri=uri, dst_path=dst, tracking_uri=tracking_uri, registry_uri=tracking_uri
-        )
+        return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst)
     from pipelines import storage
 
     if storage.is_s3(uri):

@@ -32,7 +32,7 @@ def decoded_model(cli_module, trained_model, embedded_corpus):
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout[out.stdout.index("{") :])
+    return json.JSONDecoder().raw_decode(out.stdout, out.stdout.index("{"))[0]
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_eval_retrieval_captioning_and_selective_decoding(
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    r = json.loads(out.stdout[out.stdout.index("{") :])
+    r = json.JSONDecoder().raw_decode(out.stdout, out.stdout.index("{"))[0]
     assert r["retrieval"]["t2v_r1"] >= 0.9
     assert r["captioning"]["cider"] > 1.0
     s = r["selective"]["summary"]

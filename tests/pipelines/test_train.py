@@ -4,7 +4,7 @@ real: the shared Ray cluster, an `mlflow server`, the SeaweedFS S3 server."""
 
 from __future__ import annotations
 
-import json
+import json  # CLI stdout: the JSON summary, possibly followed by Ray warnings
 import os
 
 import pytest
@@ -210,7 +210,7 @@ def test_manual_resume_reshards_to_one_worker(cli, embedded_corpus, trained_mode
         timeout=400,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    summary = json.loads(out.stdout[out.stdout.index("{") :])
+    summary = json.JSONDecoder().raw_decode(out.stdout, out.stdout.index("{"))[0]
     assert summary["step"] == steps
     client = _client(trained_model.tracking_uri)
     starts = [x.value for x in client.get_metric_history(summary["run_id"], "resume/start_step")]
