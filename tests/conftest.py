@@ -519,13 +519,12 @@ def _vljepa_cmd() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "cluster.cli"]
 
 
-@pytest.fixture
-def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
+def cli_runner(default_cwd: Path) -> Callable[..., subprocess.CompletedProcess]:
     """Run `vljepa ARGS` as a real subprocess with the session env (S3, Ray address, KUBECONFIG).
 
-    Usage: cli("synth", "--out", str(d), timeout=120, env={"X": "1"}, cwd=path, check=False).
-    Returns a CompletedProcess with text stdout/stderr. cwd defaults to the test's tmp_path so
-    relative outputs (./mlruns) never land in the repository.
+    Usage: run("synth", "--out", str(d), timeout=120, env={"X": "1"}, cwd=path, check=False).
+    Returns a CompletedProcess with text stdout/stderr. cwd defaults to `default_cwd`, a tmp dir,
+    so relative outputs (./mlruns) never land in the repository.
     """
 
     def run(
@@ -543,12 +542,26 @@ def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
             text=True,
             timeout=timeout,
             env=full_env,
-            cwd=str(cwd or tmp_path),
+            cwd=str(cwd or default_cwd),
             check=check,
             input=input,
         )
 
     return run
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """`cli_runner` working in the test's tmp_path."""
+    return cli_runner(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def cli_module(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[..., subprocess.CompletedProcess]:
+    """`cli_runner` for module-scoped fixtures (one tmp dir per module)."""
+    return cli_runner(tmp_path_factory.mktemp("cli"))
 
 
 # --------------------------------------------------------------------------- hooks

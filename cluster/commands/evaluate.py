@@ -19,6 +19,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="val")
     p.add_argument("--max-streams", type=int, default=None)
     p.add_argument("--stride", type=float, default=1.0, help="stream window stride in seconds")
+    p.add_argument(
+        "--segment-pool",
+        choices=["mean", "trimmed"],
+        default="trimmed",
+        help="how a decode segment's windows are pooled, for uniform and adaptive alike: 'mean' "
+        "(the paper) or 'trimmed' (default: the mean of the half closest to it, robust to "
+        "windows that straddle two events)",
+    )
     p.add_argument("--beams", type=int, default=1, help="beam width for decoding")
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: ./mlruns SQLite)")
     p.add_argument("--experiment", default="vljepa")
@@ -38,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         max_streams=args.max_streams,
         stride_s=args.stride,
         num_beams=args.beams,
+        segment_pool=args.segment_pool,
         experiment=args.experiment,
         log_mlflow=not args.no_mlflow,
     )

@@ -18,6 +18,7 @@ from jepa.selective import (
     OnlineDetectorConfig,
     decode_plan,
     online_decode_points,
+    pool_segment,
     segments_for_rate,
     stride_for_rate,
     uniform_segments,
@@ -114,13 +115,35 @@ def test_decode_plan_uses_midpoint_and_segment_mean():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((10, 4))
     times = np.arange(10) * 2.0 + 1.0
-    plan = decode_plan(x, [(0, 3), (3, 10)], times)
+    plan = decode_plan(x, [(0, 3), (3, 10)], times, pool="mean")
     assert [(p.start, p.end) for p in plan] == [(0, 3), (3, 10)]
     assert plan[0].time_s == pytest.approx((1.0 + 5.0) / 2)
     assert plan[1].time_s == pytest.approx((7.0 + 19.0) / 2)
     np.testing.assert_allclose(plan[1].embedding, x[3:10].mean(0))
     with pytest.raises(ValueError):
         decode_plan(x, [(3, 3)], times)
+    with pytest.raises(ValueError):
+        decode_plan(x, [(0, 3)], times, pool="median")
+
+
+def test_trimmed_pool_ignores_windows_that_straddle_two_events():
+    """Six windows of one event plus four that mix in something else (as windows over a
+    boundary or a repeat of the action do): the trimmed pool keeps only the event's windows,
+    the plain mean is pulled towards the outliers."""
+    rng = np.random.default_rng(3)
+    event, other = np.eye(16)[0], np.eye(16)[1]
+    good = event + 0.05 * rng.standard_normal((6, 16))
+    bad = 0.5 * event + 0.9 * other + 0.3 * rng.standard_normal((4, 16))
+    x = np.concatenate([good[:3], bad[:2], good[3:], bad[2:]])
+    trimmed = pool_segment(x, "trimmed", keep=0.5)
+    np.testing.assert_allclose(trimmed, good.mean(0), atol=0.06)
+    cos = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
+    assert cos(trimmed, event) > 0.99 > cos(x.mean(0), event) + 0.05
+    # short segments and keep=1 are plain means
+    np.testing.assert_allclose(pool_segment(x[:2], "trimmed"), x[:2].mean(0))
+    np.testing.assert_allclose(pool_segment(x, "trimmed", keep=1.0), x.mean(0))
+    with pytest.raises(ValueError):
+        pool_segment(x, "trimmed", keep=0.0)
 
 
 def _precision_recall(fired: np.ndarray, bounds: np.ndarray, tol: int = 3):

@@ -4,10 +4,12 @@ real: the shared Ray cluster, an `mlflow server`, the SeaweedFS S3 server."""
 
 from __future__ import annotations
 
-import json  # CLI stdout: the JSON summary, possibly followed by Ray warnings
+import json
 import os
 
 import pytest
+
+from tests.helpers import cli_json
 
 # The acceptance run is a session fixture (~6 min on an idle 2-core machine, much more on a shared
 # one); pytest-timeout counts fixture set-up against the first test that needs it.
@@ -210,7 +212,7 @@ def test_manual_resume_reshards_to_one_worker(cli, embedded_corpus, trained_mode
         timeout=400,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    summary = json.JSONDecoder().raw_decode(out.stdout, out.stdout.index("{"))[0]
+    summary = cli_json(out.stdout)
     assert summary["step"] == steps
     client = _client(trained_model.tracking_uri)
     starts = [x.value for x in client.get_metric_history(summary["run_id"], "resume/start_step")]
