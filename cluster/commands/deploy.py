@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from cluster.cli import UsageError
+from cluster.commands import add_cluster_shape_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,22 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--name", default="vljepa", help="RayService name")
     parser.add_argument("-n", "--namespace", default="default")
-    parser.add_argument("--context", help="kubeconfig context (default: current)")
-    parser.add_argument(
-        "--image", help="container image (default vljepa:0.1.0, -gpu for GPU profiles)"
-    )
-    parser.add_argument("--profile", default="cpu-small", help="cluster profile name or YAML path")
-    parser.add_argument("--workers", type=int, help="workers in the first worker group")
-    parser.add_argument("--gpus-per-worker", type=int, help="GPUs per worker (GPU profiles only)")
+    add_cluster_shape_arguments(parser)
     parser.add_argument("--model-uri", help="override applications[0].args.model_uri")
     parser.add_argument(
         "--serve-config", help="a Serve config YAML (default: serve/serve_config.yaml)"
     )
     parser.add_argument("--tracking-uri", help="MLFLOW_TRACKING_URI in the pods (models:/ URIs)")
     parser.add_argument("--s3-endpoint", help="AWS_ENDPOINT_URL in the pods")
-    parser.add_argument(
-        "--s3-secret", help="existing Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
-    )
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument(
         "--dry-run", action="store_true", help="print the RayService; contact no server"

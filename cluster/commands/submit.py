@@ -24,6 +24,7 @@ import re
 import sys
 
 from cluster.cli import UsageError
+from cluster.commands import add_cluster_shape_arguments
 
 _SUBMIT_DESTS: set[str] = set()
 
@@ -36,17 +37,8 @@ def _flags(p: argparse.ArgumentParser) -> None:
     )
     k8s = p.add_argument_group("Kubernetes (--k8s)")
     k8s.add_argument("-n", "--namespace", default="default", help="namespace of the RayJob")
-    k8s.add_argument("--context", help="kubeconfig context (default: current)")
     k8s.add_argument("--name", help="RayJob name / submission id (default: vljepa-JOB-xxxxx)")
-    k8s.add_argument(
-        "--image", help="container image (default vljepa:0.1.0, -gpu for GPU profiles)"
-    )
-    k8s.add_argument("--profile", default="cpu-small", help="cluster profile name or YAML path")
-    k8s.add_argument("--workers", type=int, help="workers in the first worker group")
-    k8s.add_argument("--gpus-per-worker", type=int, help="GPUs per worker (GPU profiles only)")
-    k8s.add_argument(
-        "--s3-secret", help="existing Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
-    )
+    add_cluster_shape_arguments(k8s)
     k8s.add_argument(
         "--ttl", type=int, default=600, help="seconds to keep the cluster after the job ends"
     )

@@ -32,35 +32,17 @@ from pipelines.embed.decode import (
     Sampling,
     decode_clip,
 )
+from pipelines.embed.manifest import ITEM_SCHEMA
 
 log = logging.getLogger(__name__)
 
-PASSTHROUGH = (
-    "shard",
-    "seq",
-    "clip_id",
-    "video",
-    "start_s",
-    "end_s",
-    "caption",
-    "paraphrases",
-    "label",
-    "split",
-)
+# Item columns every result row carries through unchanged (everything but where to read).
+PASSTHROUGH = tuple(n for n in ITEM_SCHEMA.names if n not in ("source", "offset", "size"))
 
 # What a stage returns for every input row (good or bad).
 RESULT_SCHEMA = pa.schema(
     [
-        ("shard", pa.string()),
-        ("seq", pa.int32()),
-        ("clip_id", pa.string()),
-        ("video", pa.string()),
-        ("start_s", pa.float64()),
-        ("end_s", pa.float64()),
-        ("caption", pa.string()),
-        ("paraphrases", pa.list_(pa.string())),
-        ("label", pa.string()),
-        ("split", pa.string()),
+        *(ITEM_SCHEMA.field(n) for n in PASSTHROUGH),
         ("x_tokens", pa.binary()),
         ("y_embedding", pa.binary()),
         ("caption_ids", pa.list_(pa.int32())),
