@@ -64,16 +64,12 @@ def local_model_dir(uri: str, tracking_uri: str = "", cache_dir: str | None = No
         return find_model_dir(uri)
     if not uri.startswith(_MLFLOW_SCHEMES):
         raise FileNotFoundError(f"model URI {uri!r} is neither a directory nor an MLflow/S3 URI")
-    import mlflow
+    from pipelines import mlflow_uri
 
-    if tracking_uri:
-        # models:/ resolves through the registry: point it at the same store, whatever an
-        # earlier caller in this process set it to
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
     dst = tempfile.mkdtemp(prefix="vljepa-model-", dir=cache_dir)
     t0 = time.monotonic()
-    path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst)
+    # the store is passed explicitly: no process-global MLflow URI is read or changed
+    path = mlflow_uri.download(uri, tracking_uri or None, dst)
     log.info("downloaded %s to %s in %.1fs", uri, path, time.monotonic() - t0)
     return find_model_dir(path)
 

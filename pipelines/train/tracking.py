@@ -177,13 +177,9 @@ def register(tracking_uri: str, run_id: str, name: str, artifact_path: str = "mo
 def resolve_model(uri: str, tracking_uri: str | None = None) -> str:
     """A local directory for DIR | runs:/<id>/<path> | models:/<name>/<version|alias>."""
     if uri.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
-        import mlflow
+        from pipelines import mlflow_uri
 
-        if tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)
-            mlflow.set_registry_uri(tracking_uri)
-        dst = tempfile.mkdtemp(prefix="vljepa-model-")
-        return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst)
+        return mlflow_uri.download(uri, tracking_uri, tempfile.mkdtemp(prefix="vljepa-model-"))
     from pipelines import storage
 
     if storage.is_s3(uri):

@@ -80,10 +80,13 @@ def test_uri_guard(tmp_path: Path):
 
 
 def test_model_loads_from_directory_runs_and_models_uris(tmp_path: Path):
-    """A saved model logged to real MLflow (SQLite store), loaded back by runs:/ and models:/."""
+    """A saved model logged to real MLflow (SQLite store), loaded back by runs:/, models:/<v> and
+    models:/<name>@alias from the store named explicitly, while the process-global MLflow URIs
+    point at another (empty) store and are left as they were."""
     import mlflow
     import numpy as np
     import torch
+    from mlflow import MlflowClient
 
     from jepa.model import VLJEPA
     from serve.model_loading import load_model, local_model_dir
@@ -92,20 +95,37 @@ def test_model_loads_from_directory_runs_and_models_uris(tmp_path: Path):
     saved = tmp_path / "saved"
     model.save_pretrained(saved)
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(tracking)
-    mlflow.set_registry_uri(tracking)  # other tests in this process may have pointed it elsewhere
-    mlflow.set_experiment("serve-test")
-    with mlflow.start_run() as run:
-        mlflow.log_artifacts(str(saved), artifact_path="model")
-    client = mlflow.MlflowClient()
+    client = MlflowClient(tracking, registry_uri=tracking)
+    exp = client.create_experiment("serve-test", artifact_location=(tmp_path / "art").as_uri())
+    run = client.create_run(exp)
+    client.log_artifacts(run.info.run_id, str(saved), "model")
+    client.set_terminated(run.info.run_id)
     client.create_registered_model("vljepa-serve-test")
     client.create_model_version(
         "vljepa-serve-test", f"{run.info.artifact_uri}/model", run_id=run.info.run_id
     )
-    for uri in (str(saved), f"runs:/{run.info.run_id}/model", "models:/vljepa-serve-test/1"):
-        d = local_model_dir(uri, tracking)
-        assert os.path.exists(os.path.join(d, "config.json")), uri
-    loaded = load_model("models:/vljepa-serve-test/1", tracking_uri=tracking, keep=("y_encoder",))
+    client.set_registered_model_alias("vljepa-serve-test", "champion", "1")
+
+    decoy = f"sqlite:///{tmp_path / 'other.db'}"
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(decoy)
+    mlflow.set_registry_uri(decoy)
+    try:
+        for uri in (
+            str(saved),
+            f"runs:/{run.info.run_id}/model",
+            "models:/vljepa-serve-test/1",
+            "models:/vljepa-serve-test@champion",
+        ):
+            d = local_model_dir(uri, tracking)
+            assert os.path.exists(os.path.join(d, "config.json")), uri
+        loaded = load_model(
+            "models:/vljepa-serve-test/1", tracking_uri=tracking, keep=("y_encoder",)
+        )
+        assert mlflow.get_tracking_uri() == decoy and mlflow.get_registry_uri() == decoy
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
     assert loaded.x_encoder is None and loaded.predictor is None
     with torch.inference_mode():
         a = loaded.embed_text(["a red circle moves left"]).numpy()
