@@ -5,7 +5,8 @@ meaning changes. Two variants (see docs/METHOD.md):
 
 - offline (whole video known): Ward agglomerative clustering restricted to temporally adjacent
   merges -> N contiguous segments; decode once per segment, at its midpoint, from the segment's
-  average embedding (by default a trimmed average: see `pool_segment`). The uniform fixed-stride baseline is here too, for the comparison.
+  average embedding (by default a trimmed average: see `pool_segment`). The uniform fixed-stride
+  baseline is here too, for the comparison.
 - online (live stream, causal): smooth the stream with an EMA and fire when the smoothed
   embedding has drifted far enough (cosine distance) from the last decoded one. Its state is a
   small JSON dict so a stateless server replica can keep it in an external store per stream id.

@@ -69,7 +69,7 @@ def local_model_dir(uri: str, tracking_uri: str = "", cache_dir: str | None = No
     dst = tempfile.mkdtemp(prefix="vljepa-model-", dir=cache_dir)
     t0 = time.monotonic()
     # the store is passed explicitly: no process-global MLflow URI is read or changed
-    path = mlflow_uri.download(uri, tracking_uri or None, dst)
+    path = mlflow_uri.download(uri, tracking_uri, dst)
     log.info("downloaded %s to %s in %.1fs", uri, path, time.monotonic() - t0)
     return find_model_dir(path)
 

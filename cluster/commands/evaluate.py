@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import get_args
 
 from cluster.cli import UsageError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from pipelines.evaluate import EvalConfig
+
     p.add_argument(
         "--model", required=True, help="DIR | runs:/<run>/model | models:/<name>/<version>"
     )
@@ -19,13 +22,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="val")
     p.add_argument("--max-streams", type=int, default=None)
     p.add_argument("--stride", type=float, default=1.0, help="stream window stride in seconds")
+    pool = EvalConfig.model_fields["segment_pool"]  # one source for choices and default
     p.add_argument(
         "--segment-pool",
-        choices=["mean", "trimmed"],
-        default="trimmed",
+        choices=list(get_args(pool.annotation)),
+        default=pool.default,
         help="how a decode segment's windows are pooled, for uniform and adaptive alike: 'mean' "
-        "(the paper) or 'trimmed' (default: the mean of the half closest to it, robust to "
-        "windows that straddle two events)",
+        "(the paper) or 'trimmed' (the mean of the half closest to it, robust to windows that "
+        f"straddle two events; default {pool.default})",
     )
     p.add_argument("--beams", type=int, default=1, help="beam width for decoding")
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: ./mlruns SQLite)")
