@@ -45,6 +45,12 @@ class XEncoderConfig(_Strict):
     pool_spatial: int = Field(1, ge=1)
     seed: int = 0
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # How a clip's frames are picked (part of what the encoder sees, so it travels with it: in
+    # the features' metadata and in every saved model). fps=None spreads `num_frames` evenly over
+    # the clip; with fps set they are 1/fps apart from its start. `pad` repeats the frames of a
+    # clip too short for that instead of rejecting it (an image becomes a still clip).
+    fps: float | None = Field(None, gt=0)
+    pad: bool = False
 
     @model_validator(mode="after")
     def _check_grid(self) -> XEncoderConfig:
@@ -138,6 +144,16 @@ class YDecoderConfig(BaseModel):
     tokenizer: str | None = None
 
 
+class DetectorConfig(_Strict):
+    """The online selective-decoding detector (`jepa.selective.OnlineDetector`) as a model
+    carries it: calibrated on the validation split when the model is registered, so a served
+    model triggers decodes at a distance that fits its own embedding space."""
+
+    threshold: float = Field(0.15, gt=0, le=2, description="cosine distance that triggers a decode")
+    min_gap: float = Field(2.0, ge=0, description="seconds between two decodes at least")
+    smoothing: float = Field(0.5, ge=0, lt=1, description="EMA weight of the past (0 = off)")
+
+
 class VLJEPAConfig(_Strict):
     """The whole model. `hash()` identifies what pre-embedded data depends on."""
 
@@ -153,6 +169,11 @@ class VLJEPAConfig(_Strict):
     y_lr_mult: float = Field(0.05, ge=0)
     # Query used for one-embedding-per-video tasks (retrieval, classification, serving).
     retrieval_prompt: str = ""
+    # False until a stage-2 run trains the predictor with queries: a model trained without them
+    # would mix untrained token embeddings into its answer, so servers refuse a query (422).
+    trained_with_queries: bool = False
+    # Set at registration (calibrated on the validation split); None = not calibrated.
+    detector: DetectorConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -12,7 +12,7 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from pipelines.demo import DemoConfig
+    from cluster.demo import DemoConfig
 
     d = {k: f.default for k, f in DemoConfig.model_fields.items()}  # one source of defaults
     p.add_argument("--out", default=d["out"], help=f"output folder (default {d['out']})")
@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.demo import DemoConfig, run_demo
+    from cluster.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(  # a ValidationError names the field, exit 2
         out=args.out,

@@ -209,7 +209,7 @@ class ShardAssembler:
 
 
 def _runtime_env(cfg: EmbedConfig) -> dict[str, Any] | None:
-    from cluster.connect import forwarded_env
+    from pipelines.connect import forwarded_env
 
     env = forwarded_env()
     env.setdefault("HF_HUB_OFFLINE", "1")
@@ -311,7 +311,7 @@ def run(cfg: EmbedConfig) -> dict[str, Any]:
     if to_embed:
         import ray
 
-        from cluster.connect import connect
+        from pipelines.connect import connect
 
         connect(cfg.address, runtime_env=_runtime_env(cfg))
         ctx = ray.data.DataContext.get_current()

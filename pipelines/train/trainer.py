@@ -33,18 +33,6 @@ class TrainResult:
     storage_dir: str | None = None
 
 
-def connect(address: str | None) -> None:
-    """Join `address` (or RAY_ADDRESS), else start an embedded local Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = {"log_to_driver": True}
-    # The trainer's workers must import this project: ship the env only for a remote cluster.
-    ray.init(address=address, **kwargs) if address else ray.init(**kwargs)
-
-
 def _run_config(cfg: TrainConfig, name: str):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
@@ -97,6 +85,8 @@ def run_training(cfg: TrainConfig, model_overrides: dict | None = None) -> Train
         tags={"vljepa.job": "train", "vljepa.preset": cfg.preset, "mlflow.runName": name},
     )
     log.info("MLflow run %s in %s (%s)", run_id, cfg.experiment, cfg.tracking_uri)
+
+    from pipelines.connect import connect
 
     connect(cfg.address)
     train_ds, val_ds = tdata.load_splits(cfg.data, cfg.train_split, cfg.val_split)

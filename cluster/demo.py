@@ -547,7 +547,7 @@ def mlflow_ui_hint(tracking_uri: str) -> str:
 
 def run_demo(cfg: DemoConfig, stop: Callable[[], bool] | None = None) -> DemoResult:
     """Run every stage; returns (and writes to OUT/demo_summary.json) what each produced."""
-    from cluster.connect import connect
+    from pipelines.connect import connect
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
