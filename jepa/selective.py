@@ -353,3 +353,34 @@ __all__ = [
     "uniform_segments",
     "ward_segments",
 ]
+
+
+def calibrate_threshold(
+    pred: Any, labels: list[str], min_gap: float = 2.0, smoothing: float = 0.0
+) -> dict[str, float]:
+    """The online detector's threshold for THIS model, from clips with known events.
+
+    It sits between how far apart two clips of one event land and two clips of different events:
+    the geometric mean of the two median cosine distances (distances span orders of magnitude
+    between a barely trained and a well trained model, so a fixed threshold would be wrong for
+    most models). Returns the detector settings plus the statistics behind them.
+    """
+    from jepa.metrics import similarity
+
+    d = 1.0 - np.asarray(similarity(pred, pred), dtype=np.float64)
+    lab = np.asarray(labels, dtype=object)
+    same = lab[:, None] == lab[None, :]
+    off = ~np.eye(len(lab), dtype=bool)
+    within, across = d[same & off], d[~same]
+    hi = float(np.median(across)) if across.size else 0.1
+    lo = float(np.median(within)) if within.size else hi / 10
+    thr = float(np.clip(np.sqrt(max(lo, 1e-6) * max(hi, 1e-6)), 1e-4, 1.0))
+    return {
+        "threshold": thr,
+        "min_gap": float(min_gap),
+        "smoothing": float(smoothing),
+        "within_median": lo,
+        "across_median": hi,
+        "across_above": float((across >= thr).mean()) if across.size else 0.0,
+        "within_below": float((within < thr).mean()) if within.size else 1.0,
+    }

@@ -16,8 +16,7 @@ import tempfile
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipelines import storage
-from pipelines.train.config import absolute_tracking_uri, default_tracking_uri
+from pipelines import storage, tracking_store
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +34,22 @@ class DecoderConfig(BaseModel):
     paraphrases: bool = True
     seed: int = 0
     out: str | None = Field(None, description="where save_pretrained writes (default: a temp dir)")
-    tracking_uri: str = Field(default_factory=default_tracking_uri)
+    tracking_uri: str = Field(
+        default_factory=tracking_store.resolve,
+        description="MLflow store (default: MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)",
+    )
     experiment: str = "vljepa"
     register_name: str | None = "vljepa"
 
     @field_validator("tracking_uri")
     @classmethod
     def _abs(cls, v: str) -> str:
-        return absolute_tracking_uri(v)
+        return tracking_store.absolute(v)
 
 
 def corpus_texts(data: str, with_paraphrases: bool = True) -> list[str]:
     """Unique captions (+ paraphrases) of every split of a features root, in a stable order."""
-    from pipelines.train.data import data_files
+    from pipelines.features import data_files
 
     texts: list[str] = []
     for f in data_files(data):
@@ -63,7 +65,6 @@ def corpus_texts(data: str, with_paraphrases: bool = True) -> list[str]:
 
 def run_decoder_training(cfg: DecoderConfig) -> dict:
     import torch
-    from mlflow import MlflowClient
 
     from jepa.metrics import exact_match
     from jepa.model import VLJEPA
@@ -86,7 +87,7 @@ def run_decoder_training(cfg: DecoderConfig) -> dict:
     run_id = tracking.start_run(
         cfg.tracking_uri, cfg.experiment, name, params, {"vljepa.job": "train-decoder"}
     )
-    client = MlflowClient(cfg.tracking_uri)
+    client = tracking_store.client(cfg.tracking_uri)
     try:
         report = train_decoder(
             decoder,

@@ -11,24 +11,21 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-PRESETS = ("tiny", "tiny-text", "paper", "bench")
+from jepa.config import PRESETS
+from pipelines import tracking_store
+
+# Training defaults per preset, where they differ from the tiny presets' (METHOD.md, stage 1: a
+# constant 5e-5; the small presets learn in minutes at 1e-3 with a cosine decay).
+PRESET_TRAINING: dict[str, dict[str, object]] = {
+    "paper": {"lr": 5e-5, "schedule": "constant", "warmup_steps": 0},
+}
+DEFAULT_TRAINING: dict[str, object] = {"lr": 1e-3, "schedule": "cosine", "warmup_steps": 20}
 
 
-def default_tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI when set, else a SQLite store under ./mlruns (absolute: workers' cwd differs)."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return "sqlite:///" + os.path.join(os.path.abspath("mlruns"), "mlflow.db")
-
-
-def absolute_tracking_uri(uri: str) -> str:
-    """Make relative sqlite:/// and file paths absolute: Ray workers run in other directories."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///") :])
-    if "://" not in uri:
-        return "file://" + os.path.abspath(uri)
-    return uri
+def _preset_default(key: str) -> str:
+    """'(default: 5e-05 for paper, else 0.001)': the help text of a per-preset default."""
+    special = ", ".join(f"{v[key]} for {p}" for p, v in PRESET_TRAINING.items() if key in v)
+    return f"(default: {special + ', else ' if special else ''}{DEFAULT_TRAINING[key]})"
 
 
 class TrainConfig(BaseModel):
@@ -40,42 +37,71 @@ class TrainConfig(BaseModel):
     data: str = Field(
         description="pre-embedded features root (OUT of `vljepa embed`), local or s3://"
     )
-    train_split: str = "train"
-    val_split: str = "val"
+    train_split: str = Field("train", description="value of the split column to train on")
+    val_split: str = Field("val", description="value of the split column to validate on")
     paraphrase_prob: float = Field(0.0, ge=0.0, le=1.0, description="use a paraphrase as target")
-    max_text_len: int = Field(32, ge=4, le=512)
+    max_text_len: int = Field(32, ge=4, le=512, description="caption tokens kept per target")
     mask_duplicate_captions: bool = Field(
         True, description="rows with the same caption are not each other's InfoNCE negatives"
     )
-    # model
-    preset: str = "tiny"
+    # model: the preset gives the predictor and Y-encoder; the X-encoder (and its sampling)
+    # always comes from the features' metadata
+    preset: str = Field("tiny", description="model preset: " + ", ".join(PRESETS))
+    predictor: str | None = Field(
+        None, description="pretrained Llama for the predictor: hub name or local folder"
+    )
+    predictor_layers: int | None = Field(
+        None, ge=1, description="keep the last N layers of the pretrained predictor (default: all)"
+    )
+    y_encoder: str | None = Field(
+        None, description="pretrained Y-encoder text model: hub name, local folder or 'minilm'"
+    )
+    temperature: float | None = Field(
+        None, gt=0, description="InfoNCE temperature (default: the preset's)"
+    )
+    learnable_temperature: bool | None = Field(
+        None, description="learn the temperature (default: the preset's)"
+    )
+    y_lr_mult: float | None = Field(
+        None, ge=0, description="Y-encoder learning-rate multiplier (default: the preset's)"
+    )
+    shared_dim: int | None = Field(
+        None, gt=0, description="shared embedding width (default: the preset's)"
+    )
     # optimisation
-    steps: int = Field(300, ge=1)
+    steps: int = Field(300, ge=1, description="optimizer steps")
     batch_size: int = Field(32, ge=2, description="per worker, per micro-batch")
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    warmup_steps: int = Field(20, ge=0)
-    schedule: Literal["constant", "cosine"] = "cosine"
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
-    seed: int = 0
+    grad_accum: int = Field(1, ge=1, description="micro-batches per step")
+    lr: float | None = Field(None, gt=0, description="peak learning rate " + _preset_default("lr"))
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay")
+    warmup_steps: int | None = Field(
+        None, ge=0, description="linear warmup steps " + _preset_default("warmup_steps")
+    )
+    schedule: Literal["constant", "cosine"] | None = Field(
+        None, description="after warmup " + _preset_default("schedule")
+    )
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor, as a fraction of lr")
+    grad_clip: float = Field(1.0, ge=0, description="max grad norm; 0 disables clipping")
+    seed: int = Field(0, description="model init and data order")
     # parallelism
-    workers: int = Field(2, ge=1)
-    gpus: bool = False
+    workers: int = Field(2, ge=1, description="Ray Train workers")
+    gpus: bool = Field(False, description="one GPU per worker, NCCL, bf16")
     mixed_precision: bool = Field(True, description="bf16 params/compute on GPU (FSDP2 policy)")
     # evaluation, logging, checkpoints
-    log_every: int = Field(10, ge=1)
-    val_every: int = Field(100, ge=1)
-    checkpoint_every: int = Field(100, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1, description="steps between metric logs")
+    val_every: int = Field(100, ge=1, description="steps between validations")
+    checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in storage")
     storage: str = Field("./vljepa_runs", description="Ray Train run storage, local or s3://")
     name: str | None = Field(None, description="run name (defaults to a timestamp)")
     resume_from: str | None = Field(None, description="a checkpoint dir/URI to start from")
-    max_failures: int = Field(2, ge=-1)
-    tracking_uri: str = Field(default_factory=default_tracking_uri)
-    experiment: str = "vljepa"
-    register_name: str | None = Field("vljepa", description="Model Registry name; None skips")
+    max_failures: int = Field(2, ge=-1, description="worker-group restarts allowed")
+    tracking_uri: str = Field(
+        default_factory=tracking_store.resolve,
+        description="MLflow store (default: MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)",
+    )
+    experiment: str = Field("vljepa", description="MLflow experiment")
+    register_name: str | None = Field("vljepa", description="Model Registry name; '' skips")
     export_dir: str | None = Field(
         None, description="where save_pretrained writes (default: run dir)"
     )
@@ -96,7 +122,12 @@ class TrainConfig(BaseModel):
     @field_validator("tracking_uri")
     @classmethod
     def _abs_tracking(cls, v: str) -> str:
-        return absolute_tracking_uri(v)
+        return tracking_store.absolute(v)
+
+    @field_validator("register_name")
+    @classmethod
+    def _empty_skips(cls, v: str | None) -> str | None:
+        return v or None
 
     @field_validator("storage")
     @classmethod
@@ -105,6 +136,12 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
+        # Unset training knobs take the preset's defaults, so what is logged is what ran.
+        for k, v in {**DEFAULT_TRAINING, **PRESET_TRAINING.get(self.preset, {})}.items():
+            if getattr(self, k) is None:
+                object.__setattr__(self, k, v)
+        if self.predictor_layers is not None and self.predictor is None:
+            raise ValueError("predictor_layers needs predictor (a pretrained Llama to cut)")
         if self.fail_at_step is not None and self.fail_marker is None:
             raise ValueError(
                 "fail_at_step needs fail_marker (a file that makes the failure happen once)"
@@ -112,8 +149,31 @@ class TrainConfig(BaseModel):
         if self.fail_at_step is not None and self.fail_rank >= self.workers:
             raise ValueError(f"fail_rank {self.fail_rank} >= workers {self.workers}")
         if self.warmup_steps >= self.steps and self.steps > 1:
-            self.warmup_steps = max(0, self.steps // 10)
+            object.__setattr__(self, "warmup_steps", max(0, self.steps // 10))
         return self
+
+    def build_model_config(self, features):
+        """The VLJEPAConfig this run trains: the X-encoder (and its sampling) from the features
+        (`pipelines.features.Features`), the predictor and Y-encoder from the preset or the
+        pretrained folders/names given, the tunables that are set."""
+        from jepa import pretrained
+        from jepa.config import VLJEPAConfig
+        from pipelines.features import check_tokenizer
+
+        cfg = VLJEPAConfig.preset(self.preset)
+        cfg.x_encoder = features.x_encoder
+        if self.predictor:
+            cfg.predictor = pretrained.predictor_config(
+                self.predictor, cfg.predictor, self.predictor_layers
+            )
+        if self.y_encoder:
+            cfg.y_encoder = pretrained.y_encoder_config(self.y_encoder, cfg.y_encoder)
+        for name in ("temperature", "learnable_temperature", "y_lr_mult", "shared_dim"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(cfg, name, value)
+        check_tokenizer(features, cfg.y_encoder)
+        return cfg
 
     @property
     def global_batch(self) -> int:

@@ -11,54 +11,20 @@ tensor conversion fails on strings); captions become padded token ids in `collat
 
 from __future__ import annotations
 
-import json
 import logging
 import zlib
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from pipelines import storage
+from pipelines.features import data_files
 
 log = logging.getLogger(__name__)
 
 TRAIN_COLUMNS = ["x_tokens", "caption_ids", "paraphrase_ids"]
 VAL_COLUMNS = ["clip_id", "x_tokens", "caption_ids", "caption", "label"]
-
-
-def data_files(root: str) -> list[str]:
-    """The Parquet files of a features root (OUT/data/*.parquet, no hidden or temp files)."""
-    base = storage.join(root, "data")
-    files = [
-        f
-        for f in storage.list_files(base)
-        if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith((".", "_"))
-    ]
-    if not files:
-        raise FileNotFoundError(f"no Parquet files under {base} (run `vljepa embed` first)")
-    return sorted(files)
-
-
-def read_metadata(root: str) -> dict[str, str]:
-    """The `vljepa.*` key-value metadata of the first data file (encoder configs, hash, preset)."""
-    fs, path = storage.filesystem(data_files(root)[0])
-    meta = pq.read_schema(path, filesystem=fs).metadata or {}
-    return {k.decode(): v.decode() for k, v in meta.items() if k.startswith(b"vljepa.")}
-
-
-def check_compatible(root: str, config_hash: str | None) -> dict[str, str]:
-    """Fail before training when the features came from a different X/Y-encoder than the model's."""
-    meta = read_metadata(root)
-    stored = meta.get("vljepa.config_hash")
-    if config_hash and stored and stored != config_hash:
-        raise ValueError(
-            f"features in {root} were embedded with config hash {stored} "
-            f"(preset {meta.get('vljepa.preset')!r}), the model has {config_hash}: re-embed or "
-            "pick the matching --preset"
-        )
-    return meta
 
 
 def load_splits(root: str, train_split: str = "train", val_split: str = "val"):
@@ -158,12 +124,3 @@ def read_val(shard_or_ds, batch_size: int = 256) -> dict[str, object]:
         "labels": [labels[i] for i in order],
         "clip_ids": [clip_ids[i] for i in order],
     }
-
-
-def describe(meta: dict[str, str]) -> str:
-    """One log line about where the features came from."""
-    x = json.loads(meta.get("vljepa.x_encoder", "{}") or "{}")
-    return (
-        f"preset={meta.get('vljepa.preset')} hash={meta.get('vljepa.config_hash')} "
-        f"frames={meta.get('vljepa.frames')} size={meta.get('vljepa.size')} x_hidden={x.get('hidden_size')}"
-    )

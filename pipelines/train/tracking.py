@@ -14,33 +14,20 @@ import tempfile
 
 import numpy as np
 
+from pipelines import tracking_store
+
 log = logging.getLogger(__name__)
 
 
 def setup(tracking_uri: str, experiment: str) -> str:
-    """Point MLflow at the store (creating ./mlruns for SQLite) and return the experiment id."""
-    import mlflow
-
-    if tracking_uri.startswith("sqlite:///"):
-        os.makedirs(os.path.dirname(tracking_uri[len("sqlite:///") :]) or ".", exist_ok=True)
-    mlflow.set_tracking_uri(tracking_uri)
-    exp = mlflow.get_experiment_by_name(experiment)
-    if exp is not None:
-        return exp.experiment_id
-    artifact_location = None
-    if tracking_uri.startswith("sqlite:///"):
-        # Keep artifacts beside the SQLite file, not in whatever directory the driver ran from.
-        root = os.path.dirname(tracking_uri[len("sqlite:///") :])
-        artifact_location = "file://" + os.path.join(root, "artifacts", experiment)
-    return mlflow.create_experiment(experiment, artifact_location=artifact_location)
+    """The experiment's id in the store (created, with SQLite artifacts beside the database)."""
+    return tracking_store.experiment_id(tracking_uri, experiment)
 
 
 def start_run(tracking_uri: str, experiment: str, run_name: str | None, params: dict, tags: dict):
     """Create the run on the driver; returns its id (the run is left open for the workers)."""
-    from mlflow import MlflowClient
-
     exp_id = setup(tracking_uri, experiment)
-    client = MlflowClient(tracking_uri)
+    client = tracking_store.client(tracking_uri)
     run = client.create_run(exp_id, run_name=run_name, tags=tags)
     log_params(client, run.info.run_id, params)
     return run.info.run_id
@@ -58,10 +45,9 @@ class StepLogger:
     """Rank 0's handle on the run: batched step metrics, plus MLflow's system-metrics sampler."""
 
     def __init__(self, tracking_uri: str, run_id: str, system_metrics: bool = True):
-        import mlflow
 
         self.run_id = run_id
-        self.client = mlflow.MlflowClient(tracking_uri)
+        self.client = tracking_store.client(tracking_uri)
         self._monitor = None
         if system_metrics:
             try:
@@ -104,9 +90,8 @@ class StepLogger:
 
 
 def metric_history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
-    from mlflow import MlflowClient
 
-    hist = MlflowClient(tracking_uri).get_metric_history(run_id, key)
+    hist = tracking_store.client(tracking_uri).get_metric_history(run_id, key)
     return sorted((m.step, m.value) for m in hist)
 
 
@@ -116,7 +101,6 @@ def plot_curves(tracking_uri: str, run_id: str, keys: list[str], path: str, titl
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from mlflow import MlflowClient
 
     fig, ax = plt.subplots(figsize=(6, 4))
     drawn = 0
@@ -131,7 +115,7 @@ def plot_curves(tracking_uri: str, run_id: str, keys: list[str], path: str, titl
     if drawn:
         ax.legend()
     fig.tight_layout()
-    MlflowClient(tracking_uri).log_figure(run_id, fig, path)
+    tracking_store.client(tracking_uri).log_figure(run_id, fig, path)
     plt.close(fig)
 
 
@@ -152,17 +136,15 @@ def similarity_figure(sim: np.ndarray, title: str = "val similarity (text x vide
 
 
 def log_model_dir(tracking_uri: str, run_id: str, local_dir: str, artifact_path: str = "model"):
-    from mlflow import MlflowClient
 
-    MlflowClient(tracking_uri).log_artifacts(run_id, local_dir, artifact_path)
+    tracking_store.client(tracking_uri).log_artifacts(run_id, local_dir, artifact_path)
 
 
 def register(tracking_uri: str, run_id: str, name: str, artifact_path: str = "model", tags=None):
     """A new version of registered model `name` whose source is the run's exported model dir."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    client = tracking_store.client(tracking_uri)
     try:
         client.create_registered_model(name)
     except MlflowException as e:

@@ -57,26 +57,30 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def run_training(cfg: TrainConfig, model_overrides: dict | None = None) -> TrainResult:
-    """Fit, export and register; returns where everything went."""
+def run_training(cfg: TrainConfig) -> TrainResult:
+    """Fit, export and register; returns where everything went.
+
+    Raises `pipelines.features.IncompatibleFeatures` (before anything starts) when the features
+    cannot train this model."""
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from jepa.config import VLJEPAConfig
+    from pipelines import features as feats
     from pipelines.train import data as tdata
     from pipelines.train import tracking
 
-    model_cfg = VLJEPAConfig.preset(cfg.preset)
-    if model_overrides:
-        model_cfg = VLJEPAConfig.from_dict({**model_cfg.to_dict(), **model_overrides})
-    meta = tdata.check_compatible(cfg.data, model_cfg.hash())
-    log.info("features: %s", tdata.describe(meta))
+    features = feats.load(cfg.data)
+    model_cfg = cfg.build_model_config(features)
+    meta = features.metadata
+    log.info("features: %s", features.describe())
     storage.check_writable(cfg.storage)
 
     name = cfg.name or dt.datetime.now(dt.timezone.utc).strftime("vljepa-train-%Y%m%d-%H%M%S")
     params = {**cfg.params(), "model.config": model_cfg.to_json(), "model.hash": model_cfg.hash()}
-    params.update({k: v for k, v in meta.items() if k != "vljepa.x_encoder"})
+    params.update(
+        {f"vljepa.{k}": v for k, v in meta.items() if k not in ("x_encoder", "model_config")}
+    )
     run_id = tracking.start_run(
         cfg.tracking_uri,
         cfg.experiment,
@@ -103,9 +107,9 @@ def run_training(cfg: TrainConfig, model_overrides: dict | None = None) -> Train
         datasets={"train": train_ds, "val": val_ds},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    from mlflow import MlflowClient
+    from pipelines import tracking_store
 
-    client = MlflowClient(cfg.tracking_uri)
+    client = tracking_store.client(cfg.tracking_uri)
     try:
         result = trainer.fit()
     except Exception:
@@ -124,7 +128,10 @@ def run_training(cfg: TrainConfig, model_overrides: dict | None = None) -> Train
         from pipelines.train.checkpoint import read_state
 
         state = read_state(d)
-        export(model_cfg, d, export_dir)
+        model = export(model_cfg, d, export_dir, calibrate_on=cfg.data, val_split=cfg.val_split)
+    if model.config.detector is not None:
+        client.log_dict(run_id, model.config.detector.model_dump(), "detector.json")
+        client.log_metric(run_id, "detector/threshold", model.config.detector.threshold)
     tracking.log_model_dir(cfg.tracking_uri, run_id, export_dir, "model")
     version = None
     if cfg.register_name:
@@ -165,8 +172,18 @@ def _train_func(config: dict) -> None:
     train_func(config)
 
 
-def export(model_cfg, checkpoint_dir: str, out_dir: str) -> str:
-    """Consolidate the sharded checkpoint into a full `save_pretrained` VLJEPA directory."""
+def export(
+    model_cfg,
+    checkpoint_dir: str,
+    out_dir: str,
+    calibrate_on: str | None = None,
+    val_split: str = "val",
+):
+    """Consolidate the sharded checkpoint into a full `save_pretrained` VLJEPA directory.
+
+    With `calibrate_on` (a features root), the online detector's threshold is calibrated on its
+    validation clips and saved in the model's config: a registered model then knows how to serve
+    its own streams (`vljepa serve` uses it unless the Serve config overrides it)."""
     import torch
 
     from jepa.model import VLJEPA
@@ -180,6 +197,51 @@ def export(model_cfg, checkpoint_dir: str, out_dir: str) -> str:
     model.y_encoder.load_state_dict(joint.y_encoder.state_dict())
     with torch.no_grad():
         model.logit_scale.copy_(joint.log_scale.reshape(model.logit_scale.shape))
+    model.eval()
+    if calibrate_on:
+        calibrate(model, calibrate_on, val_split)
     model.save_pretrained(out_dir)
     log.info("exported the trained model to %s", out_dir)
-    return out_dir
+    return model
+
+
+# Enough clips to place the threshold; at paper scale a clip's tokens are ~16 MiB.
+CALIBRATION_CLIPS = 512
+
+
+def calibrate(model, data: str, split: str = "val") -> None:
+    """Set `model.config.detector` from the predicted embeddings of the split's clips (left
+    unset, with a warning, when the split has fewer than two labelled events)."""
+    import numpy as np
+    import torch
+
+    from jepa.config import DetectorConfig
+    from jepa.selective import calibrate_threshold
+    from pipelines.evaluate import load_split
+
+    try:
+        val = load_split(data, split, limit=CALIBRATION_CLIPS)
+    except ValueError as e:
+        log.warning("detector not calibrated: %s", e)
+        return
+    if len(set(val["labels"])) < 2:
+        log.warning("detector not calibrated: the %s split has fewer than 2 events", split)
+        return
+    with torch.no_grad():
+        x = np.asarray(val["x_tokens"], dtype=np.float32)
+        pred = torch.cat(
+            [model.predict_queries(torch.from_numpy(x[i : i + 64])) for i in range(0, len(x), 64)]
+        ).numpy()
+    stats = calibrate_threshold(pred, val["labels"])
+    model.config.detector = DetectorConfig(
+        threshold=stats["threshold"], min_gap=stats["min_gap"], smoothing=stats["smoothing"]
+    )
+    log.info(
+        "online detector calibrated on %d %s clips: threshold %.4f (same event median %.4f, "
+        "different events median %.4f)",
+        len(x),
+        split,
+        stats["threshold"],
+        stats["within_median"],
+        stats["across_median"],
+    )

@@ -1,0 +1,154 @@
+"""The pre-embedded features as every stage after `vljepa embed` reads them.
+
+What a features root holds is written by `pipelines/embed/writer.py` (the Parquet layout) with the
+`vljepa.*` key-value metadata named here. Training and evaluation take the X-encoder side of the
+model (encoder and clip sampling) from that metadata rather than from a preset: the features say
+what made them, so features from `embed --gpus`, `--frames`, `--size`, `--fps`, `--x-dtype` or
+`--x-encoder PATH` train with no flag. Only a real incompatibility is refused, in one line that
+names both sides and the fix: two encoders mixed in one root, a token column whose shape is not
+the one the metadata's encoder produces, captions tokenised for another Y-encoder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pyarrow.parquet as pq
+
+from jepa.config import XEncoderConfig, YEncoderConfig
+from pipelines import storage
+
+META_PREFIX = "vljepa."
+# The metadata keys (without the prefix) every data file carries.
+KEY_SCHEMA_VERSION = "schema_version"
+KEY_X_ENCODER = "x_encoder"  # XEncoderConfig JSON: the encoder and the clip sampling
+KEY_Y_ENCODER = "y_encoder"  # YEncoderConfig JSON: whose tokenizer made caption_ids
+KEY_PRESET = "preset"
+KEY_CONFIG_HASH = "config_hash"
+KEY_MODEL_CONFIG = "model_config"
+X_TOKENS = "x_tokens"
+
+
+class IncompatibleFeatures(ValueError):
+    """The features cannot feed this model or job (the message says why and what to do)."""
+
+
+def data_files(root: str) -> list[str]:
+    """The Parquet files of a features root (OUT/data/*.parquet, no hidden or temp files)."""
+    base = storage.join(root, "data")
+    files = [
+        f
+        for f in storage.list_files(base)
+        if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith((".", "_"))
+    ]
+    if not files:
+        raise FileNotFoundError(f"no Parquet files under {base} (run `vljepa embed` first)")
+    return sorted(files)
+
+
+def file_metadata(path: str) -> tuple[dict[str, str], tuple[int, ...] | None]:
+    """(the `vljepa.*` metadata without its prefix, the x_tokens tensor shape) of one file."""
+    fs, p = storage.filesystem(path)
+    schema = pq.read_schema(p, filesystem=fs)
+    meta = {
+        k.decode()[len(META_PREFIX) :]: v.decode()
+        for k, v in (schema.metadata or {}).items()
+        if k.startswith(META_PREFIX.encode())
+    }
+    shape = None
+    if X_TOKENS in schema.names:
+        shape = tuple(getattr(schema.field(X_TOKENS).type, "shape", ()) or ()) or None
+    return meta, shape
+
+
+@dataclass(frozen=True)
+class Features:
+    """What made a features root: its encoders (with the sampling) and where it lives."""
+
+    root: str
+    files: list[str]
+    x_encoder: XEncoderConfig
+    y_encoder: YEncoderConfig | None
+    preset: str | None
+    metadata: dict[str, str]
+
+    def describe(self) -> str:
+        x = self.x_encoder
+        sampling = f"fps {x.fps:g}" if x.fps else "spread"
+        return (
+            f"{len(self.files)} file(s); X-encoder {x.name_or_path or 'random(seed ' + str(x.seed) + ')'} "
+            f"{x.num_tokens}x{x.hidden_size} tokens, {x.num_frames} frames at {x.image_size} px "
+            f"({sampling}{', pad' if x.pad else ''}), {x.dtype}; embedded with preset {self.preset}"
+        )
+
+
+def _x_config(meta: dict[str, str], where: str) -> XEncoderConfig:
+    raw = meta.get(KEY_X_ENCODER)
+    if not raw:
+        raise IncompatibleFeatures(
+            f"{where} has no vljepa.{KEY_X_ENCODER} metadata: it was not written by `vljepa "
+            "embed`; re-embed it"
+        )
+    return XEncoderConfig.model_validate(json.loads(raw))
+
+
+def load(root: str) -> Features:
+    """Read every data file's metadata once and check that they agree with each other and with
+    their token column. Raises IncompatibleFeatures (one line) or FileNotFoundError."""
+    files = data_files(root)
+    first_meta, first_shape = file_metadata(files[0])
+    x = _x_config(first_meta, files[0])
+    for f in files[1:]:
+        meta, shape = file_metadata(f)
+        if meta.get(KEY_X_ENCODER) != first_meta.get(KEY_X_ENCODER) or shape != first_shape:
+            other = _x_config(meta, f)
+            diff = sorted(
+                k for k, v in x.model_dump().items() if other.model_dump().get(k) != v
+            ) or ["x_tokens shape"]
+            raise IncompatibleFeatures(
+                f"{root} mixes two X-encoders: {files[0].rsplit('/', 1)[-1]} and "
+                f"{f.rsplit('/', 1)[-1]} differ in {', '.join(diff)}; embed them into separate "
+                "--out folders (or rerun `vljepa embed --overwrite`)"
+            )
+    want = (x.num_tokens, x.hidden_size)
+    if first_shape is not None and tuple(first_shape) != want:
+        raise IncompatibleFeatures(
+            f"{files[0]}: x_tokens are {first_shape[0]}x{first_shape[1]} but its X-encoder "
+            f"metadata gives {want[0]}x{want[1]}; the file was not written by this version of "
+            "`vljepa embed`: re-embed"
+        )
+    raw_y = first_meta.get(KEY_Y_ENCODER)
+    y = YEncoderConfig.model_validate(json.loads(raw_y)) if raw_y else None
+    return Features(root, files, x, y, first_meta.get(KEY_PRESET), first_meta)
+
+
+def check_tokenizer(features: Features, y_encoder: YEncoderConfig) -> None:
+    """Captions were tokenised by the features' Y-encoder tokenizer; the model's must be the same."""
+    from jepa.text import resolve
+
+    if features.y_encoder is None:
+        return
+    have, want = features.y_encoder.tokenizer, y_encoder.tokenizer
+    if resolve(have) != resolve(want):
+        raise IncompatibleFeatures(
+            f"the captions in {features.root} were tokenised with {have!r} (the Y-encoder they "
+            f"were embedded with) but the model's Y-encoder uses {want!r}: train with "
+            f"--y-encoder {features.y_encoder.name_or_path or have}, or re-embed with "
+            f"--y-encoder {y_encoder.name_or_path or want}"
+        )
+
+
+def check_model_x_encoder(features: Features, model_x: XEncoderConfig, model: str) -> None:
+    """A model evaluated on stored tokens must have been trained on tokens of the same encoder
+    and sampling (the compute dtype only rounds them)."""
+    a = features.x_encoder.model_dump(exclude={"dtype"})
+    b = model_x.model_dump(exclude={"dtype"})
+    if a != b:
+        diff = sorted(k for k in a if a[k] != b.get(k))
+        raise IncompatibleFeatures(
+            f"model {model} was trained on tokens of another X-encoder than {features.root} holds "
+            f"(they differ in {', '.join(diff)}: model "
+            f"{ {k: b.get(k) for k in diff} }, features { {k: a[k] for k in diff} }); evaluate it "
+            "on features embedded the way its training data was"
+        )
