@@ -1,17 +1,30 @@
-"""Clip bytes -> the X-encoder's sampled frames, decoded with decord inside the Encoder replica.
+"""Clip bytes -> the X-encoder's sampled frames, inside the Encoder replica.
 
-Only the `num_frames` sampled frames are decoded, already scaled so the short side is the
-X-encoder's image size (its own preprocessing then centre-crops): a request never holds the
+A thin adapter over `pipelines.clips`, the one sampler pre-embedding and evaluation use too:
+the whole uploaded clip is sampled as the model's X-encoder config says (`Sampling.of`), big
+sources shrunk by FFmpeg to a short side of 2 x size, so live tokens are the pre-embedded ones
+for the same clip. Only the sampled frames are decoded: a request never holds the
 full-resolution video in memory (pain point 1). Every way a clip can be bad becomes a
 `ClipError` with an HTTP status, never an exception that could take the replica down.
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
+
+from pipelines import clips
+from pipelines.clips import Sampling
+
+# DecodeError reason -> (HTTP status, error)
+_STATUS = {
+    clips.EMPTY: (400, "empty clip"),
+    clips.TOO_SHORT: (422, "clip too short"),
+    clips.NOT_VIDEO: (415, "not a video"),
+    clips.UNDECODABLE: (415, "not a video"),
+    clips.TRUNCATED: (415, "not a video"),
+}
 
 
 class ClipError(Exception):
@@ -33,40 +46,13 @@ class DecodedClip:
     fps: float
 
 
-def _scaled_size(h: int, w: int, short_side: int) -> tuple[int, int]:
-    if min(h, w) <= short_side:
-        return h, w
-    scale = short_side / min(h, w)
-    return max(short_side, round(h * scale)), max(short_side, round(w * scale))
-
-
-def decode_clip(data: bytes, num_frames: int, image_size: int, min_frames: int = 2) -> DecodedClip:
-    """Decode `num_frames` frames sampled uniformly over the clip (repeats if it is shorter)."""
-    if not data:
-        raise ClipError(400, "empty clip", "the clip has no bytes")
-    import decord
-
+def decode_clip(data: bytes, sampling: Sampling, min_frames: int = 2) -> DecodedClip:
+    """The whole clip's sampled frames, with its length read by the same (single) reader."""
     try:
-        probe = decord.VideoReader(io.BytesIO(data), num_threads=1)
-        n = len(probe)
-        h, w = probe[0].shape[:2] if n else (0, 0)
-        fps = float(probe.get_avg_fps() or 0.0)
-        del probe
-    except Exception as e:  # decord raises RuntimeError/DECORDError for non-video bytes
-        raise ClipError(
-            415, "not a video", f"decord could not open the clip ({type(e).__name__})"
-        ) from e
-    if n < min_frames:
-        raise ClipError(422, "clip too short", f"{n} frames < minimum {min_frames}")
-    sh, sw = _scaled_size(h, w, image_size)
-    try:
-        vr = decord.VideoReader(io.BytesIO(data), width=sw, height=sh, num_threads=1)
-        idx = np.linspace(0, n - 1, num_frames).round().astype(np.int64)
-        frames = vr.get_batch(idx.tolist()).asnumpy()
-        del vr
-    except Exception as e:
-        raise ClipError(415, "not a video", f"decoding failed ({type(e).__name__})") from e
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ClipError(415, "not a video", f"unexpected frame shape {frames.shape}")
-    duration = n / fps if fps > 0 else float(n)
-    return DecodedClip(np.ascontiguousarray(frames, dtype=np.uint8), duration, n, fps)
+        frames, info = clips.decode_clip_info(data, sampling, None, None, min_frames)
+    except clips.DecodeError as e:
+        status, error = _STATUS.get(e.reason, (415, "not a video"))
+        raise ClipError(status, error, e.detail or e.reason) from e
+    return DecodedClip(
+        np.ascontiguousarray(frames, dtype=np.uint8), info.duration_s, info.num_frames, info.fps
+    )

@@ -31,7 +31,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines import storage
-from pipelines.embed.decode import BAD_CAPTION, BAD_RECORD, MISSING
+from pipelines.clips import BAD_CAPTION, BAD_RECORD, MISSING
 
 log = logging.getLogger(__name__)
 

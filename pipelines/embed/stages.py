@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines import storage
-from pipelines.embed.decode import (
+from pipelines.clips import (
     MISSING,
     READ_FAILED,
     TRUNCATED,
