@@ -174,8 +174,6 @@ class VLJEPA(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> str:
         from safetensors.torch import save_file
 
-        from jepa.text import resolve
-
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         cfg = self.config.to_dict()
@@ -187,12 +185,14 @@ class VLJEPA(nn.Module):
             "x_encoder_weights": "stored" if self._x_weights_stored() else "name_or_path",
             "has_y_decoder": self.y_decoder is not None,
         }
-        # Non-local tokenizers travel with the weights so loading works offline.
+        # Every tokenizer but the MiniLM one (shipped in a package) travels with the weights:
+        # a hub name needs no network to load, and a model trained from a local folder serves
+        # on machines that do not have that folder.
         for part, name in (
             ("predictor", self.config.predictor.tokenizer),
             ("y_encoder", self.config.y_encoder.tokenizer),
         ):
-            if name not in MINILM_ALIASES and not os.path.isdir(resolve(name)):
+            if name not in MINILM_ALIASES:
                 getattr(self, part).tokenizer.save_pretrained(
                     os.path.join(directory, f"{part}_tokenizer")
                 )
@@ -220,6 +220,12 @@ class VLJEPA(nn.Module):
             raise ValueError(
                 f"{directory}: format_version {version} is newer than {FORMAT_VERSION}"
             )
+        objective = raw.pop("objective", "embedding")
+        if objective != "embedding":
+            raise ValueError(
+                f"{directory} holds an {objective!r} model (the token-prediction baseline, no "
+                "embedding space): load it with jepa.token_model.TokenVLM.from_pretrained"
+            )
         cfg = VLJEPAConfig.from_dict(raw)
         arch_path = os.path.join(directory, ARCH_FILE)
         arch: dict[str, Any] = {}
@@ -227,12 +233,15 @@ class VLJEPA(nn.Module):
             with open(arch_path) as f:
                 arch = json.load(f)
         model = cls._build_for_load(cfg, arch)
-        for part in ("predictor", "y_encoder"):
+        # The saved tokenizers win over the names in the config (which may be folders of the
+        # training machine, or hub names).
+        from jepa.predictor import query_tokenizer
+        from jepa.text import load_tokenizer
+
+        for part, load in (("predictor", query_tokenizer), ("y_encoder", load_tokenizer)):
             tok_dir = os.path.join(directory, f"{part}_tokenizer")
             if os.path.isdir(tok_dir):
-                from jepa.text import load_tokenizer
-
-                getattr(model, part)._tokenizer = load_tokenizer(tok_dir)
+                getattr(model, part)._tokenizer = load(tok_dir)
         if arch.get("has_y_decoder"):
             model.attach_decoder()
         state = load_file(os.path.join(directory, WEIGHTS_FILE))

@@ -10,6 +10,7 @@ layers are called directly with an explicit 4D padding mask instead of through
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from torch import nn
@@ -21,9 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def llama_config(cfg: PredictorConfig):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(**cfg.arch)
+    return llama_config_from(cfg.arch)
 
 
 def build_llama(cfg: PredictorConfig, *, load_pretrained: bool = True) -> nn.Module:
@@ -36,18 +35,74 @@ def build_llama(cfg: PredictorConfig, *, load_pretrained: bool = True) -> nn.Mod
 
     if cfg.name_or_path and load_pretrained:
         log.info("loading predictor layers from %s", cfg.name_or_path)
-        llama = LlamaModel.from_pretrained(cfg.name_or_path)
-        keep = cfg.keep_last_layers or len(llama.layers)
-        llama.layers = nn.ModuleList(list(llama.layers)[-keep:])
+        path = cfg.name_or_path
+        if os.path.isdir(path):
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # float32 master weights whatever the checkpoint holds (Llama-3.2 ships bf16).
+        llama = LlamaModel.from_pretrained(path, dtype=torch.float32)
+        total = len(llama.layers)
+        keep = cfg.keep_last_layers or total
+        if keep > total:
+            raise ValueError(f"{path} has {total} layers: cannot keep the last {keep}")
+        kept = list(llama.layers)[-keep:]
+        for i, layer in enumerate(kept):  # renumber: layer_idx indexes caches and layer_types
+            layer.self_attn.layer_idx = i
+            if hasattr(layer, "layer_idx"):
+                layer.layer_idx = i
+        llama.layers = nn.ModuleList(kept)
         llama.config.num_hidden_layers = keep
-        if llama.config.hidden_size != cfg.hidden_size:
-            raise ValueError(
-                f"{cfg.name_or_path}: hidden size {llama.config.hidden_size} != config"
-            )
+        _check_arch(path, llama.config, cfg.arch)
         return llama
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         return LlamaModel(llama_config(cfg))
+
+
+# Fields of `PredictorConfig.arch` that must equal the loaded Llama's (the meta-device build,
+# the export and `from_pretrained` all build the architecture from `arch`).
+_ARCH_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+)
+
+
+def _check_arch(path: str, got, arch: dict) -> None:
+    want = llama_config_from(arch)
+    bad = {
+        k: (getattr(got, k, None), getattr(want, k, None))
+        for k in _ARCH_FIELDS
+        if getattr(got, k, None) != getattr(want, k, None)
+    }
+    if bad:
+        raise ValueError(
+            f"{path}: the loaded Llama does not match the predictor config's arch "
+            f"(loaded, config): {bad} (fill the config with jepa.pretrained.predictor_config)"
+        )
+
+
+def llama_config_from(arch: dict):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**arch)
+
+
+def query_tokenizer(name_or_path: str):
+    """The predictor's query tokenizer with a pad token (Llama's has none: padding is masked, so
+    the end-of-text token serves). A copy: the cached tokenizer is shared and stays as loaded."""
+    import copy
+
+    tok = load_tokenizer(name_or_path)
+    if tok.pad_token_id is None:
+        if tok.eos_token is None:
+            raise ValueError(f"{name_or_path}: the tokenizer has neither a pad nor an eos token")
+        tok = copy.deepcopy(tok)
+        tok.pad_token = tok.eos_token
+    return tok
 
 
 class Predictor(nn.Module):
@@ -75,10 +130,7 @@ class Predictor(nn.Module):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            tok = load_tokenizer(self.cfg.tokenizer)
-            if tok.pad_token_id is None:  # Llama's tokenizer has none; padding is masked anyway
-                tok.pad_token = tok.eos_token
-            self._tokenizer = tok
+            self._tokenizer = query_tokenizer(self.cfg.tokenizer)
         return self._tokenizer
 
     @property

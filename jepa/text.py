@@ -49,12 +49,14 @@ def load_tokenizer(name_or_path: str = "minilm"):
 
 
 def load_text_model(name_or_path: str):
-    """A pretrained text backbone (AutoModel) by alias, local path or hub name."""
+    """A pretrained text backbone (AutoModel) by alias, local path or hub name, in float32
+    whatever dtype the checkpoint was saved in (it is trained further)."""
+    import torch
     from transformers import AutoModel
 
     path = resolve(name_or_path)
     _offline_if_local(path)
-    return AutoModel.from_pretrained(path)
+    return AutoModel.from_pretrained(path, dtype=torch.float32)
 
 
 def load_text_config(name_or_path: str):

@@ -9,6 +9,7 @@ no gradients, eval mode that `train()` cannot undo, inference mode on every call
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import torch
@@ -76,16 +77,39 @@ class XEncoder(nn.Module):
 
         if cfg.name_or_path and load_pretrained:
             log.info("loading V-JEPA 2 weights from %s", cfg.name_or_path)
-            vjepa = VJEPA2Model.from_pretrained(cfg.name_or_path)
+            path = cfg.name_or_path
+            if os.path.isdir(path):
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            # The attention's 3-D RoPE reads the token grid from crop_size (no learned position
+            # table), so the grid must be the one this config samples, whatever size the
+            # checkpoint was trained at. float32 whatever the checkpoint holds; `cfg.dtype` below.
+            vjepa = VJEPA2Model.from_pretrained(
+                path,
+                dtype=torch.float32,
+                crop_size=cfg.image_size,
+                frames_per_clip=cfg.num_frames,
+            )
             got = vjepa.config
-            if (got.hidden_size, got.patch_size, got.tubelet_size) != (
+            have = (
+                got.hidden_size,
+                got.num_hidden_layers,
+                got.num_attention_heads,
+                float(got.mlp_ratio),
+                got.patch_size,
+                got.tubelet_size,
+            )
+            want = (
                 cfg.hidden_size,
+                cfg.num_layers,
+                cfg.num_heads,
+                float(cfg.mlp_ratio),
                 cfg.patch_size,
                 cfg.tubelet_size,
-            ):
+            )
+            if have != want:
                 raise ValueError(
-                    f"{cfg.name_or_path}: hidden/patch/tubelet {got.hidden_size}/{got.patch_size}/"
-                    f"{got.tubelet_size} do not match the config"
+                    f"{path}: hidden/layers/heads/mlp_ratio/patch/tubelet {have} do not match the "
+                    f"config's {want} (fill the config with jepa.pretrained.x_encoder_config)"
                 )
         else:
             with torch.random.fork_rng(devices=[]):

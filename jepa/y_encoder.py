@@ -32,7 +32,16 @@ def build_text_backbone(cfg: YEncoderConfig, *, load_pretrained: bool = True) ->
 
     if cfg.name_or_path and load_pretrained:
         log.info("loading Y-encoder backbone from %s", cfg.name_or_path)
-        return load_text_model(cfg.name_or_path)
+        model = load_text_model(cfg.name_or_path)
+        got = model.config
+        have = (got.model_type, int(got.hidden_size))
+        want = (cfg.arch["model_type"], int(cfg.arch["hidden_size"]))
+        if have != want:
+            raise ValueError(
+                f"{cfg.name_or_path}: a {have[0]} model of width {have[1]}, the config's arch says "
+                f"{want[0]} of width {want[1]} (fill it with jepa.pretrained.y_encoder_config)"
+            )
+        return model
     arch = dict(cfg.arch)
     model_type = arch.pop("model_type")
     with torch.random.fork_rng(devices=[]):
