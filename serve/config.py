@@ -16,19 +16,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from jepa.config import DetectorConfig
+
 DEFAULT_CONFIG = Path(__file__).with_name("serve_config.yaml")
 APP_NAME = "vljepa"
 DEPLOYMENTS = ("Ingress", "Encoder", "TextEncoder", "Decoder")
-
-
-class DetectorArgs(BaseModel):
-    """Online selective decoding (jepa.selective.OnlineDetectorConfig), tuned per model."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    threshold: float = Field(0.15, gt=0, le=2, description="cosine distance that triggers a decode")
-    min_gap: float = Field(2.0, ge=0, description="seconds between two decodes at least")
-    smoothing: float = Field(0.5, ge=0, lt=1, description="EMA weight of the past (0 = off)")
 
 
 class AppArgs(BaseModel):
@@ -52,7 +44,11 @@ class AppArgs(BaseModel):
     max_labels: int = Field(256, ge=1)
     max_query_chars: int = Field(2000, ge=1)
     max_new_tokens: int = Field(24, ge=1, le=256)
-    detector: DetectorArgs = Field(default_factory=DetectorArgs)
+    detector: DetectorConfig | None = Field(
+        None,
+        description="online selective decoding; None = the model's own `config.detector` "
+        "(calibrated at registration), else DetectorConfig() defaults; a value overrides both",
+    )
     decode_retry_budget_s: float = Field(
         30.0, ge=0, description="how long the ingress retries a dead/restarting Decoder"
     )
@@ -71,6 +67,36 @@ class AppArgs(BaseModel):
                 p = os.path.abspath(p[len("file://") :] if p.startswith("file://") else p)
             out.append(p.rstrip("/") + "/")
         return out
+
+
+def served_detector(
+    explicit: DetectorConfig | None, stored: dict[str, Any] | None
+) -> tuple[dict[str, float], str]:
+    """The detector a served app runs and where it came from: the app's explicit `detector`
+    ("config"), else the one the model was registered with ("model"), else the defaults."""
+    if explicit is not None:
+        return explicit.model_dump(), "config"
+    if stored:
+        return DetectorConfig.model_validate(stored).model_dump(), "model"
+    return DetectorConfig().model_dump(), "default"
+
+
+def with_tracking_store(cfg: dict[str, Any], uri: str, app_name: str = APP_NAME) -> dict[str, Any]:
+    """A copy of `cfg` whose app reads MLflow at `uri`: in its args (`mlflow_tracking_uri`) and
+    in the runtime env of every replica (`MLFLOW_TRACKING_URI`), whose working directory is
+    never the one the store was resolved from."""
+    from pipelines import tracking_store
+
+    cfg = copy.deepcopy(cfg)
+    app = app_entry(cfg, app_name)
+    app["args"] = {**(app.get("args") or {}), "mlflow_tracking_uri": uri}
+    runtime_env = dict(app.get("runtime_env") or {})
+    runtime_env["env_vars"] = {
+        **(runtime_env.get("env_vars") or {}),
+        **tracking_store.worker_env(uri),
+    }
+    app["runtime_env"] = runtime_env
+    return cfg
 
 
 def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:

@@ -33,9 +33,10 @@ from ray.serve.exceptions import (
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pipelines.clips import Sampling
 from serve import api
 from serve.clips import ClipError, decode_clip
-from serve.config import AppArgs
+from serve.config import AppArgs, served_detector
 from serve.security import ApiError, BodyLimitMiddleware, check_bearer, expected_token, read_uri
 from serve.streams import STREAM_ID, get_or_create_store, store_name
 
@@ -90,8 +91,11 @@ class Encoder:
 
         _torch_threads()
         self.model = load_model(model_uri, preset, tracking_uri, keep=("x_encoder", "predictor"))
-        self.num_frames = int(self.model.x_encoder.num_frames)
-        self.image_size = int(self.model.x_encoder.image_size)
+        # Clips are sampled as the model's X-encoder config says: the sampling its features
+        # were pre-embedded with (pipelines.clips), so live and stored tokens agree.
+        self.sampling = Sampling.of(self.model.config.x_encoder)
+        self.num_frames = self.sampling.frames
+        self.image_size = self.sampling.size
         self.min_clip_frames = min_clip_frames
         self.metrics = ModelMetrics("encoder")
 
@@ -102,11 +106,24 @@ class Encoder:
         self.batching = cfg
 
     def info(self) -> dict[str, Any]:
+        """What the served model says about itself, from its saved config: how clips are
+        sampled, whether its predictor was trained with queries, and the online detector it was
+        registered with (None: not calibrated). The Ingress asks once, on first need."""
+        cfg = self.model.config
+        x = cfg.x_encoder
         return {
             "batching": getattr(self, "batching", _BATCH_DEFAULTS),
-            "num_frames": self.num_frames,
-            "image_size": self.image_size,
-            "shared_dim": int(self.model.config.shared_dim),
+            "num_frames": int(x.num_frames),
+            "image_size": int(x.image_size),
+            "sampling": {
+                "fps": x.fps,
+                "pad": bool(x.pad),
+                "frames": int(x.num_frames),
+                "size": int(x.image_size),
+            },
+            "shared_dim": int(cfg.shared_dim),
+            "trained_with_queries": bool(cfg.trained_with_queries),
+            "detector": cfg.detector.model_dump() if cfg.detector is not None else None,
             "replica": _replica_tag(),
         }
 
@@ -114,13 +131,21 @@ class Encoder:
         """{"embedding", "duration_s", "frames"} or {"error": {...}} for a bad clip (never raises
         on bad input: the ingress maps the error to a 4xx)."""
         try:
-            clip = await asyncio.to_thread(
-                decode_clip, data, self.num_frames, self.image_size, self.min_clip_frames
-            )
+            clip = await asyncio.to_thread(decode_clip, data, self.sampling, self.min_clip_frames)
         except ClipError as e:
             return {"error": e.as_dict()}
         emb = await self.predict_batch((clip.frames, query or ""))
         return {"embedding": emb, "duration_s": clip.duration_s, "frames": clip.source_frames}
+
+    async def tokens(self, data: bytes) -> dict[str, Any]:
+        """The X-encoder's tokens for a clip, float32 (num_tokens, hidden), or {"error": {...}}:
+        what pre-embedding stores for the same clip (up to the stored dtype)."""
+        try:
+            clip = await asyncio.to_thread(decode_clip, data, self.sampling, self.min_clip_frames)
+        except ClipError as e:
+            return {"error": e.as_dict()}
+        x = await asyncio.to_thread(self.model.x_encoder, clip.frames[None])
+        return {"tokens": x[0].float().cpu().numpy()}
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def predict_batch(self, items: list[tuple[np.ndarray, str]]) -> list[np.ndarray]:
@@ -130,10 +155,16 @@ class Encoder:
         import torch
 
         t0 = time.perf_counter()
-        frames = np.stack([f for f, _ in items])
         queries = [q for _, q in items]
+        # Clips keep their decoded picture size (the X-encoder resizes them): batch by shape.
+        by_shape: dict[tuple, list[int]] = {}
+        for i, (f, _) in enumerate(items):
+            by_shape.setdefault(f.shape, []).append(i)
+        enc = self.model.x_encoder
         with torch.inference_mode():
-            x = self.model.x_encoder(frames)
+            x = torch.empty(len(items), enc.num_tokens, enc.hidden_size, device=enc.device)
+            for idx in by_shape.values():
+                x[idx] = enc(np.stack([items[i][0] for i in idx]))
             q = self.model.predictor.tokenize(queries if any(queries) else None, len(items))
             pred = self.model.predict(x, q["input_ids"], q["attention_mask"])
         out = pred.float().cpu().numpy()
@@ -355,12 +386,48 @@ class Ingress:
         _Settings.max_request_bytes = self.args.max_request_bytes
         self.metrics = _Settings.metrics = IngressMetrics()
         _Settings.replica = _replica_tag()
-        app_name = serve.get_replica_context().app_name
-        detector = self.args.detector.model_dump()
-        self.store = get_or_create_store(store_name(app_name, self.args.stream_store), detector)
-        ray.get(self.store.configure.remote(detector))
+        self.app_name = serve.get_replica_context().app_name
+        # What the model says about itself (detector, trained_with_queries, sampling) comes from
+        # the Encoder on first need (`_model`): a replica constructor must not wait on another
+        # deployment. The stream store is created/configured then, before any stream clip.
+        self.store = None
+        self._served: dict[str, Any] | None = None
+        self._served_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ helpers
+
+    async def _model(self) -> dict[str, Any]:
+        """The served model's `Encoder.info()` plus the detector this app serves ("detector",
+        "detector_source": config | model | default); asked once per replica and cached. Before
+        it returns, the app's stream store exists and runs that detector (configuring keeps
+        existing streams; concurrent first requests wait on one lock, so one ask, one configure)."""
+        if self._served is not None:
+            return self._served
+        async with self._served_lock:
+            if self._served is None:
+                info = await self._retrying("encoder", lambda: self.encoder.info.remote())
+                detector, source = served_detector(self.args.detector, info.get("detector"))
+                name = store_name(self.app_name, self.args.stream_store)
+                store = await asyncio.to_thread(get_or_create_store, name, detector)
+                await store.configure.remote(detector)
+                self.store = store
+                self._served = {**info, "detector": detector, "detector_source": source}
+                log.info("serving detector %s (from the %s)", detector, source)
+        return self._served
+
+    def _model_name(self) -> str:
+        return self.args.model_uri or f"preset {self.args.model_preset} (untrained)"
+
+    async def _check_query(self, query: str | None) -> None:
+        """422 for a query the model cannot use: until a stage-2 run trains the predictor with
+        queries, a query only mixes untrained token embeddings into the answer."""
+        if query and not (await self._model()).get("trained_with_queries"):
+            raise ApiError(
+                422,
+                "query not supported",
+                f"model {self._model_name()} was not trained with queries "
+                "(trained_with_queries is false in its config); send the request without `query`",
+            )
 
     def _auth(self, request: Request) -> None:
         check_bearer(request.headers.get("authorization"), self.token)
@@ -415,6 +482,7 @@ class Ingress:
         query = getattr(req, "query", None)
         if query is not None and len(query) > self.args.max_query_chars:
             raise ApiError(422, "query too long", f"over {self.args.max_query_chars} characters")
+        await self._check_query(query)
         if getattr(req, "uri", None):
             data = await asyncio.to_thread(
                 read_uri, req.uri, self.args.allowed_uri_prefixes, self.args.max_request_bytes
@@ -458,19 +526,27 @@ class Ingress:
     @app.get("/readyz", tags=["ops"], responses={503: {"model": api.ErrorResponse}})
     async def readyz(self):
         """Ready when the Encoder, TextEncoder and stream store answer (the Decoder may be at
-        zero replicas and start on demand)."""
-        try:
-            info, _, _ = await asyncio.wait_for(
-                asyncio.gather(
-                    self.encoder.info.remote(),
-                    self.text_encoder.ready.remote(),
-                    self.store.ping.remote(),
-                ),
-                timeout=10,
+        zero replicas and start on demand); reports the model's info and the detector served."""
+
+        async def check():
+            served = await self._model()
+            info, _, _ = await asyncio.gather(
+                self.encoder.info.remote(),
+                self.text_encoder.ready.remote(),
+                self.store.ping.remote(),
             )
+            return served, info
+
+        try:
+            served, info = await asyncio.wait_for(check(), timeout=10)
         except Exception as e:
             return _error(503, "not ready", type(e).__name__)
-        return {"status": "ready", "model": info}
+        return {
+            "status": "ready",
+            "model": info,
+            "detector": served["detector"],
+            "detector_source": served["detector_source"],
+        }
 
     @app.post(
         "/v1/embed",
@@ -543,9 +619,15 @@ class Ingress:
         returned as `pending` and decoded by a later request (no 5xx for stream appends)."""
         _check_stream_id(stream_id)
         req, data = await self._read(request, api.StreamClipRequest)
+        served = await self._model()  # the store runs the served detector from here on
         out = await self._embed(data, req.query)
         res = await self.store.advance.remote(
-            stream_id, req.seq, out["embedding"], float(out["duration_s"]), req.time_s
+            stream_id,
+            req.seq,
+            out["embedding"],
+            float(out["duration_s"]),
+            req.time_s,
+            detector=served["detector"],
         )
         if "error" in res:
             raise ApiError(res["status"], res["error"], res["detail"])
@@ -588,6 +670,7 @@ class Ingress:
     async def stream_events(self, stream_id: str, request: Request):
         self._auth(request)
         _check_stream_id(stream_id)
+        await self._model()
         pending = await self.store.claim_pending.remote(stream_id)
         if pending:
             await self._decode_events(stream_id, pending)
@@ -600,6 +683,7 @@ class Ingress:
     async def delete_stream(self, stream_id: str, request: Request):
         self._auth(request)
         _check_stream_id(stream_id)
+        await self._model()
         if not await self.store.delete.remote(stream_id):
             raise ApiError(404, "unknown stream", stream_id)
         return api.DeleteResponse(stream_id=stream_id, deleted=True)

@@ -2,7 +2,9 @@
 
 `models:/name/version`, `runs:/RUN_ID/path`, `s3://...` and `mlflow-artifacts:/...` go through
 MLflow's `download_artifacts` into a local directory first (so a replica needs the tracking URI,
-never S3 keys when the server proxies artifacts); a local directory is used as it is. An empty
+never S3 keys when the server proxies artifacts; with none given, `pipelines.tracking_store`
+resolves it, from the MLFLOW_TRACKING_URI `vljepa serve` puts in every replica's env); a local
+directory is used as it is. An empty
 URI builds the named preset untrained, from fixed seeds, so every replica of every deployment
 holds the same weights and classify/caption stay consistent across replicas.
 """
@@ -64,8 +66,11 @@ def local_model_dir(uri: str, tracking_uri: str = "", cache_dir: str | None = No
         return find_model_dir(uri)
     if not uri.startswith(_MLFLOW_SCHEMES):
         raise FileNotFoundError(f"model URI {uri!r} is neither a directory nor an MLflow/S3 URI")
-    from pipelines import mlflow_uri
+    from pipelines import mlflow_uri, tracking_store
 
+    # Never MLflow's own default (a ./mlflow.db in whatever folder the replica runs in): an
+    # empty URI is the store `vljepa serve` resolved, which reaches replicas in their env.
+    tracking_uri = tracking_uri or tracking_store.resolve(None)
     dst = tempfile.mkdtemp(prefix="vljepa-model-", dir=cache_dir)
     t0 = time.monotonic()
     # the store is passed explicitly: no process-global MLflow URI is read or changed

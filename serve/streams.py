@@ -57,13 +57,18 @@ class StreamStore:
         duration_s: float,
         time_s: float | None = None,
         lease_s: float = 30.0,
+        detector: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Feed one clip's predicted embedding to the stream's detector.
 
+        `detector`: the settings the calling app serves (as `configure`; carried with each clip
+        so a store restarted from its creation arguments still runs the served detector).
         Returns {"clip_index", "time_s", "new": [events with "embedding"], "replayed"} or
         {"error": ..., "status": 409/429, "detail": ...}. New events come back claimed by the
         caller (it decodes them); see `claim_pending` for events whose decode failed.
         """
+        if detector is not None and detector != self.detector:
+            self.configure(detector)
         st = self.streams.get(stream_id)
         if st is None:
             if len(self.streams) >= self.max_streams:
@@ -178,10 +183,19 @@ class StreamStore:
         events = sum(len(s["events"]) for s in self.streams.values())
         return {"streams": len(self.streams), "clips": clips, "events": events}
 
-    def configure(self, detector: dict[str, Any]) -> None:
-        """New detector settings (a redeploy with a retuned threshold); running streams keep
-        their state and continue under the new settings."""
+    def configure(self, detector: dict[str, Any]) -> dict[str, Any]:
+        """New detector settings (the served model's, or a redeploy with a retuned threshold);
+        running streams keep their state and continue under the new settings. Idempotent: every
+        ingress replica configures the store it shares with the others."""
+        from jepa.selective import OnlineDetectorConfig
+
+        OnlineDetectorConfig(**detector)  # reject bad settings here, not at the next clip
         self.detector = dict(detector)
+        return dict(self.detector)
+
+    def settings(self) -> dict[str, Any]:
+        """The detector settings new clips are judged with."""
+        return dict(self.detector)
 
     def ping(self) -> bool:
         return True

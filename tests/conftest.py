@@ -13,6 +13,7 @@ Fixtures (session-scoped unless noted):
   mlflow_server_s3 -> MlflowServer with artifacts proxied to s3://bucket/mlartifacts
   kubeconfig       -> path of a kubeconfig (KUBECONFIG, or ../shared/tools/kube/start.sh)
   synth_corpus     -> Path of a 40-clip, 2-stream synthetic corpus (seed 0)
+  embedded_corpus, trained_model, decoded_model -> the trained-model runs (tests/trained_models.py)
   cli              -> (function) run `vljepa ...` as a subprocess with the session env
   session_dir      -> Path of this session's scratch directory (logs under logs/)
 """
@@ -37,6 +38,10 @@ import pytest
 
 from tests import services
 from tests.services import Service, free_port, free_port_block, http_ok, tcp_open, wait_until
+
+# The trained-model session fixtures (embedded_corpus, trained_model, decoded_model), shared by
+# tests/pipelines and tests/serve.
+from tests.trained_models import decoded_model, embedded_corpus, trained_model  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 KUBE_TOOLS = REPO.parent / "shared" / "tools" / "kube"

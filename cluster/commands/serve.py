@@ -1,9 +1,11 @@
 """Run the Ray Serve application locally from its config file and block until Ctrl-C.
 
 Reads serve/serve_config.yaml (or --config), applies the flags (model, port, host, allowed clip
-URI prefixes), validates the whole file against Ray's ServeDeploySchema and the app's arguments,
-deploys it to a local Ray (started here) or the cluster at --address, waits until it is RUNNING
-and prints the URLs. The same file deploys unchanged with `serve deploy` or in a RayService.
+URI prefixes, the MLflow store: `pipelines.tracking_store.resolve`, given to every replica in the
+app's args and runtime env), validates the whole file against Ray's ServeDeploySchema and the
+app's arguments, deploys it to a local Ray (started here) or the cluster at --address, waits
+until it is RUNNING and prints the URLs. The same file deploys unchanged with `serve deploy` or in
+a RayService.
 """
 
 from __future__ import annotations
@@ -36,11 +38,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="PREFIX",
         help="clip URIs allowed under this prefix (repeatable; replaces the config's list)",
     )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store for models:/ and runs:/ URIs (default: the config's "
+        "mlflow_tracking_uri, else MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)",
+    )
     p.add_argument("--no-block", action="store_true", help="deploy, print the URLs and return")
 
 
-def run(args: argparse.Namespace) -> int:
+def build_config(args: argparse.Namespace) -> tuple[dict, str]:
+    """The validated Serve config the flags describe, and the MLflow store it was given."""
     from cluster.cli import UsageError
+    from pipelines import tracking_store
     from serve import config as sc
 
     try:
@@ -55,12 +65,25 @@ def run(args: argparse.Namespace) -> int:
     if args.port is not None and not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port} is not a TCP port")
     cfg = sc.apply_overrides(cfg, args=over, host=args.host, port=args.port)
+    # One store for the whole app, resolved here (flag, else the config's, else the env var,
+    # else ./mlruns of THIS folder) and handed to every replica in its args and runtime env:
+    # a replica's working directory is not this one.
+    configured = (sc.app_entry(cfg).get("args") or {}).get("mlflow_tracking_uri") or None
+    tracking_uri = tracking_store.resolve(getattr(args, "tracking_uri", None) or configured)
+    cfg = sc.with_tracking_store(cfg, tracking_uri)
     try:
         sc.validate(cfg)
     except ValueError as e:  # pydantic ValidationError is a ValueError
         if type(e).__name__ == "ValidationError":
             raise
         raise UsageError(str(e)) from e
+    return cfg, tracking_uri
+
+
+def run(args: argparse.Namespace) -> int:
+    from serve import config as sc
+
+    cfg, tracking_uri = build_config(args)
 
     import ray
     from ray import serve
@@ -73,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         ray.init(num_cpus=max(4, os.cpu_count() or 1), namespace="serve", logging_level="WARNING")
     sc.deploy(cfg)
     t0 = time.monotonic()
-    print("deploying the vljepa Serve app ...", flush=True)
+    print(f"deploying the vljepa Serve app (MLflow store {tracking_uri}) ...", flush=True)
     try:
         sc.wait_running(sc.APP_NAME, timeout_s=600)
     except (RuntimeError, TimeoutError) as e:

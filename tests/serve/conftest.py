@@ -42,12 +42,17 @@ def clips(synth_corpus: Path, tmp_path_factory) -> dict:
 @pytest.fixture(scope="package")
 def model_dir(tmp_path_factory) -> str:
     """A saved tiny model (random weights from fixed seeds, a Y-decoder attached), served via
-    the same `from_pretrained` path a trained model takes."""
+    the same `from_pretrained` path a trained model takes. It declares itself trained with
+    queries (so the endpoints' query path is served) and carries a stored detector that the app's
+    explicit `detector` overrides (test_query_honesty.py checks both)."""
+    from jepa.config import DetectorConfig
     from jepa.model import VLJEPA
 
     d = tmp_path_factory.mktemp("model")
     model = VLJEPA.from_preset("tiny-text")
     model.attach_decoder()
+    model.config.trained_with_queries = True
+    model.config.detector = DetectorConfig(**_app.STORED_DETECTOR)
     model.save_pretrained(d)
     return str(d)
 
@@ -77,7 +82,15 @@ def app(ray_session, s3, clips, model_dir):
     headers = {"Authorization": f"Bearer {_app.TOKEN}"}
     with httpx.Client(base_url=base, headers=headers, timeout=60) as c:
         _wait_ready(c)
-        yield {"client": c, "base": base, "s3": s3, "port": port, "args": args, "headers": headers}
+        yield {
+            "client": c,
+            "base": base,
+            "s3": s3,
+            "port": port,
+            "args": args,
+            "headers": headers,
+            "model_dir": model_dir,
+        }
     _app.teardown(cfg)
 
 

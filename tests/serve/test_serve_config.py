@@ -146,3 +146,138 @@ def test_cli_rejects_bad_flags(cli, tmp_path: Path):
     assert r.returncode == 2 and "max_request_bytes" in r.stderr
     r = cli("serve", "--config", str(tmp_path / "missing.yaml"))
     assert r.returncode == 2 and "cannot read" in r.stderr
+
+
+# --------------------------------------------------------------------- a model serves itself
+
+
+def test_app_args_detector_is_the_models_unless_given():
+    """`detector` is optional: absent (the packaged config has none) the app serves the model's
+    stored detector, else the defaults; a value in the config overrides the model's."""
+    from jepa.config import DetectorConfig
+
+    packaged = sc.AppArgs.model_validate(sc.app_entry(sc.load_config()).get("args") or {})
+    assert packaged.detector is None
+    stored = {"threshold": 0.0123, "min_gap": 1.5, "smoothing": 0.25}
+    assert sc.served_detector(packaged.detector, stored) == (stored, "model")
+    assert sc.served_detector(None, None) == (DetectorConfig().model_dump(), "default")
+    explicit = sc.AppArgs.model_validate({"detector": {"threshold": 0.3}}).detector
+    assert isinstance(explicit, DetectorConfig)
+    assert sc.served_detector(explicit, stored) == (
+        {"threshold": 0.3, "min_gap": 2.0, "smoothing": 0.5},
+        "config",
+    )
+    with pytest.raises(ValidationError, match="threshold"):
+        sc.served_detector(None, {"threshold": 0})
+    with pytest.raises(ValidationError, match="extra"):
+        sc.AppArgs.model_validate({"detector": {"threshold": 0.3, "gap": 1}})
+
+
+def test_stream_store_configure_keeps_streams_and_switches_the_detector():
+    """Configuring the store (every ingress replica does, on first need) keeps each stream's
+    state; clips after it are judged with the new settings; `advance(detector=...)` does the same
+    for a store restarted from its creation arguments."""
+    import numpy as np
+
+    from serve.streams import StreamStore
+
+    store = StreamStore.__ray_actor_class__({"threshold": 0.5, "min_gap": 0.0, "smoothing": 0.0})
+    a, b = np.array([1.0, 0, 0, 0]), np.array([1.0, 0.3, 0, 0])  # 1 - cos(a, b) = 0.042
+    assert store.advance("s", 0, a, 2.0)["event_ids"] == [0]  # the first clip always decodes
+    assert store.advance("s", 1, a, 2.0)["event_ids"] == []
+    assert store.advance("s", 2, b, 2.0)["event_ids"] == []  # 0.042 < 0.5
+    before = store.events("s")
+    state = dict(store.streams["s"]["det"])
+    low = {"threshold": 0.01, "min_gap": 0.0, "smoothing": 0.0}
+    assert store.configure(low) == low == store.settings()
+    assert store.events("s") == before and store.stats()["streams"] == 1
+    assert store.streams["s"]["det"].keys() == state.keys()
+    assert store.advance("s", 3, b, 2.0)["event_ids"] == [1]  # 0.042 >= 0.01: a decode
+    high = {"threshold": 0.9, "min_gap": 0.0, "smoothing": 0.0}
+    store.advance("s", 4, a, 2.0, detector=high)
+    assert store.settings() == high and store.events("s")["clips"] == 5
+    with pytest.raises(ValueError, match="threshold"):
+        store.configure({"threshold": 0.0, "min_gap": 0.0, "smoothing": 0.0})
+    assert store.settings() == high
+
+
+def _serve_args(*argv: str):
+    import argparse
+
+    from cluster.commands import serve as serve_cmd
+
+    p = argparse.ArgumentParser()
+    serve_cmd.add_arguments(p)
+    return serve_cmd.build_config(p.parse_args(list(argv)))
+
+
+def test_vljepa_serve_gives_every_replica_one_store(tmp_path: Path, monkeypatch):
+    """The store is resolved by `vljepa serve` (flag, else the config's, else
+    MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db of ITS folder, absolute) and travels in the
+    app's args and in the runtime env of every replica."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def store_of(cfg: dict) -> str:
+        app = sc.app_entry(cfg)
+        env = app["runtime_env"]["env_vars"]["MLFLOW_TRACKING_URI"]
+        assert env == app["args"]["mlflow_tracking_uri"]
+        return env
+
+    cfg, uri = _serve_args("--model", "models:/vljepa/1")
+    assert uri == f"sqlite:///{tmp_path}/mlruns/mlflow.db" == store_of(cfg)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert store_of(_serve_args()[0]) == "http://127.0.0.1:5999"
+    cfg, _ = _serve_args("--tracking-uri", "sqlite:///rel/m.db")
+    assert store_of(cfg) == f"sqlite:///{tmp_path}/rel/m.db"
+    # a config naming its store keeps it (unless the flag says otherwise); its other env vars
+    # and the deployments' own runtime envs stay
+    own = sc.load_config()
+    app = sc.app_entry(own)
+    app["args"]["mlflow_tracking_uri"] = "http://mlflow.example:5000"
+    app["runtime_env"] = {"env_vars": {"X": "1"}}
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(own))
+    cfg, _ = _serve_args("--config", str(tmp_path / "own.yaml"))
+    assert store_of(cfg) == "http://mlflow.example:5000"
+    assert sc.app_entry(cfg)["runtime_env"]["env_vars"]["X"] == "1"
+    cfg, _ = _serve_args("--config", str(tmp_path / "own.yaml"), "--tracking-uri", "http://a:1")
+    assert store_of(cfg) == "http://a:1"
+
+
+def test_replica_without_tracking_uri_reads_the_resolved_store(tmp_path: Path, monkeypatch):
+    """A replica given no tracking URI (a config deployed with `serve deploy`) resolves it like
+    every command: MLFLOW_TRACKING_URI (what `vljepa serve` puts in its env), never MLflow's own
+    default, a ./mlflow.db in whatever folder the replica runs in."""
+    from mlflow import MlflowClient
+
+    from serve.model_loading import local_model_dir
+
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "config.json").write_text("{}")
+    (saved / "model.safetensors").write_bytes(b"")
+    store = f"sqlite:///{tmp_path / 'store' / 'mlruns' / 'mlflow.db'}"
+    (tmp_path / "store" / "mlruns").mkdir(parents=True)
+    client = MlflowClient(store, registry_uri=store)
+    exp = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
+    run = client.create_run(exp)
+    client.log_artifacts(run.info.run_id, str(saved), "model")
+    client.create_registered_model("m")
+    client.create_model_version("m", f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+
+    elsewhere = tmp_path / "replica-cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    d = local_model_dir("models:/m/1", "", cache_dir=str(tmp_path))
+    assert os.path.exists(os.path.join(d, "config.json"))
+    assert list(elsewhere.iterdir()) == []  # no ./mlflow.db, no ./mlruns
+    # no env var: the embedded default of the folder it runs in (./mlruns/mlflow.db), as
+    # `vljepa train` registered it there; MLflow's own default would open a new ./mlflow.db
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(tmp_path / "store")
+    d = local_model_dir("models:/m/1", "", cache_dir=str(tmp_path))
+    assert os.path.exists(os.path.join(d, "config.json"))
+    assert not (tmp_path / "store" / "mlflow.db").exists()
