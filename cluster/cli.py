@@ -90,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # libraries' INFO lines (credentials found, ...) are not ours to print
+        for noisy in ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "filelock"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.command is None:
         parser.print_help()
         return 2

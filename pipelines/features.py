@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jepa.config import XEncoderConfig, YEncoderConfig
+from jepa.config import PredictorConfig, XEncoderConfig, YEncoderConfig
 from pipelines import storage
 
 META_PREFIX = "vljepa."
@@ -27,7 +28,52 @@ KEY_Y_ENCODER = "y_encoder"  # YEncoderConfig JSON: whose tokenizer made caption
 KEY_PRESET = "preset"
 KEY_CONFIG_HASH = "config_hash"
 KEY_MODEL_CONFIG = "model_config"
+KEY_DTYPE = "dtype"  # stored x_tokens dtype
+# Convenience copies of the sampling for readers that do not parse the X-encoder JSON.
+KEY_FRAMES, KEY_SIZE, KEY_FPS, KEY_PAD = "frames", "size", "fps", "pad"
 X_TOKENS = "x_tokens"
+SCHEMA_VERSION = "1"
+
+
+def data_schema(
+    num_tokens: int, hidden: int, y_dim: int, dtype: str, metadata: dict[str, str]
+) -> pa.Schema:
+    x_type = pa.float16() if dtype == "float16" else pa.float32()
+    schema = pa.schema(
+        [
+            ("clip_id", pa.string()),
+            ("video", pa.string()),
+            ("start_s", pa.float32()),
+            ("end_s", pa.float32()),
+            ("caption", pa.string()),
+            ("paraphrases", pa.list_(pa.string())),
+            ("label", pa.string()),
+            ("split", pa.string()),
+            (X_TOKENS, pa.fixed_shape_tensor(x_type, [num_tokens, hidden])),
+            ("y_embedding", pa.fixed_shape_tensor(pa.float32(), [y_dim])),
+            ("caption_ids", pa.list_(pa.int32())),
+            ("paraphrase_ids", pa.list_(pa.list_(pa.int32()))),
+        ]
+    )
+    return schema.with_metadata({f"{META_PREFIX}{k}": v for k, v in metadata.items()})
+
+
+def metadata(model_cfg, preset: str, dtype: str) -> dict[str, str]:
+    """The metadata every data file of one embed run carries (keys without the prefix)."""
+    x = model_cfg.x_encoder
+    return {
+        KEY_SCHEMA_VERSION: SCHEMA_VERSION,
+        KEY_X_ENCODER: json.dumps(x.model_dump(mode="json"), sort_keys=True),
+        KEY_Y_ENCODER: json.dumps(model_cfg.y_encoder.model_dump(mode="json"), sort_keys=True),
+        KEY_PRESET: preset,
+        KEY_CONFIG_HASH: model_cfg.hash(),
+        KEY_MODEL_CONFIG: model_cfg.to_json(),
+        KEY_FRAMES: str(x.num_frames),
+        KEY_SIZE: str(x.image_size),
+        KEY_FPS: "" if x.fps is None else f"{x.fps:g}",
+        KEY_PAD: str(x.pad).lower(),
+        KEY_DTYPE: dtype,
+    }
 
 
 class IncompatibleFeatures(ValueError):
@@ -123,6 +169,17 @@ def load(root: str) -> Features:
     return Features(root, files, x, y, first_meta.get(KEY_PRESET), first_meta)
 
 
+def split_counts(features: Features) -> dict[str, int]:
+    """Rows per value of the split column (one small column read per file)."""
+    from collections import Counter
+
+    counts: Counter = Counter()
+    for f in features.files:
+        fs, path = storage.filesystem(f)
+        counts.update(pq.read_table(path, filesystem=fs, columns=["split"])["split"].to_pylist())
+    return dict(counts)
+
+
 def check_tokenizer(features: Features, y_encoder: YEncoderConfig) -> None:
     """Captions were tokenised by the features' Y-encoder tokenizer; the model's must be the same."""
     from jepa.text import resolve
@@ -136,6 +193,33 @@ def check_tokenizer(features: Features, y_encoder: YEncoderConfig) -> None:
             f"were embedded with) but the model's Y-encoder uses {want!r}: train with "
             f"--y-encoder {features.y_encoder.name_or_path or have}, or re-embed with "
             f"--y-encoder {y_encoder.name_or_path or want}"
+        )
+
+
+def check_caption_tokenizer(features: Features, predictor: PredictorConfig) -> None:
+    """The token-prediction baseline (`--objective tokens`) learns the stored `caption_ids` as its
+    output vocabulary: they must be in the predictor's tokenizer and fit its token table. The
+    tiny, tiny-text and bench presets use MiniLM's tokenizer on both sides; for another pairing
+    (the paper preset: Llama vs EmbeddingGemma) re-embed the captions with a Y-encoder that
+    shares the predictor's tokenizer rather than train on ids of another vocabulary."""
+    from jepa.text import load_tokenizer, resolve
+
+    have = features.y_encoder.tokenizer if features.y_encoder is not None else None
+    want = predictor.tokenizer
+    if have is None or resolve(have) != resolve(want):
+        raise IncompatibleFeatures(
+            f"--objective tokens trains the predictor to emit the stored caption_ids, but the "
+            f"captions in {features.root} were tokenised with {have!r} and the predictor's "
+            f"tokenizer is {want!r}: use a preset whose predictor and Y-encoder share a tokenizer "
+            "(tiny, tiny-text, bench), or re-embed with --y-encoder set to a model with the "
+            "predictor's tokenizer"
+        )
+    vocab = int(predictor.arch.get("vocab_size", 0))
+    size = len(load_tokenizer(want))
+    if vocab < size:
+        raise IncompatibleFeatures(
+            f"--objective tokens: the predictor's token table has {vocab} rows but its tokenizer "
+            f"{want!r} has {size} tokens"
         )
 
 

@@ -175,3 +175,56 @@ def check_writable(uri: str) -> None:
     probe = join(uri, f".write-probe-{uuid.uuid4().hex}")
     write_bytes(probe, b"")
     delete(probe)
+
+
+class OutputUnusable(ValueError):
+    """An output location that cannot be written: the message says why, in one line."""
+
+
+def check_output(uri: str) -> None:
+    """Fail before any work, and without creating anything, if `uri` cannot hold outputs: a
+    local path under a regular file or in a folder this process cannot write to, an S3 bucket
+    that does not exist, or S3 credentials the server refuses. Raises OutputUnusable."""
+    if is_s3(uri):
+        _check_s3_output(uri)
+        return
+    fs, path = filesystem(uri)
+    probe_dir = path
+    while not os.path.exists(probe_dir):
+        up = os.path.dirname(probe_dir)
+        if up == probe_dir:
+            break
+        probe_dir = up
+    if not os.path.isdir(probe_dir):
+        raise OutputUnusable(f"{uri}: {probe_dir} is a file, not a folder")
+    import tempfile
+
+    try:  # create and remove a folder where the first missing part would go
+        os.rmdir(tempfile.mkdtemp(prefix=".vljepa-probe-", dir=probe_dir))
+    except OSError as e:
+        raise OutputUnusable(f"{uri}: cannot write under {probe_dir} ({e.strerror or e})") from e
+
+
+def _check_s3_output(uri: str) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    client = s3_client()
+    try:
+        client.head_bucket(Bucket=bucket)
+        key = posixpath.join(prefix.strip("/"), f".write-probe-{uuid.uuid4().hex}").lstrip("/")
+        client.put_object(Bucket=bucket, Key=key, Body=b"")
+        client.delete_object(Bucket=bucket, Key=key)
+    except ClientError as e:
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("404", "NoSuchBucket") or status == 404:
+            raise OutputUnusable(f"{uri}: bucket {bucket!r} does not exist") from e
+        if code in ("403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
+            raise OutputUnusable(
+                f"{uri}: the S3 server refused these credentials ({code or status}); check "
+                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+            ) from e
+        raise OutputUnusable(f"{uri}: S3 error {code or status}: {e}") from e
+    except BotoCoreError as e:
+        raise OutputUnusable(f"{uri}: cannot reach S3 ({e})") from e

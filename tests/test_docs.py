@@ -121,7 +121,7 @@ def _parse(argv: list[str]):
 
 def _coverage_text() -> str:
     texts = [p.read_text() for p in (REPO / "tests").rglob("*.py") if p.name != "test_docs.py"]
-    texts.append((REPO / "pipelines" / "demo.py").read_text())
+    texts.append((REPO / "cluster" / "demo.py").read_text())
     return "\n".join(texts)
 
 

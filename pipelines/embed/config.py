@@ -36,8 +36,10 @@ class EmbedConfig(BaseModel):
         description="JSONL/CSV/Parquet manifest, or a folder/.tar of WebDataset shards"
     )
     out: str = Field(description="output root (local folder or s3://bucket/prefix)")
-    webdataset: bool | None = Field(None, description="None = detect from the manifest URI")
-    preset: str = "tiny"
+    webdataset: bool | None = Field(
+        None, description="treat --manifest as WebDataset tars (default: detect from the URI)"
+    )
+    preset: str = Field("tiny", description="model preset for the encoders")
     x_encoder: str | None = Field(None, description="hub name/local path, 'random', 'vitl-random'")
     y_encoder: str | None = Field(
         None, description="text backbone: hub name/local path or 'minilm'"
@@ -45,25 +47,33 @@ class EmbedConfig(BaseModel):
     frames: int | None = Field(None, gt=0, description="frames per clip (default: the X-encoder's)")
     size: int | None = Field(None, gt=0, description="frame size in px (default: the X-encoder's)")
     fps: float | None = Field(None, gt=0, description="sampling rate; None = spread over the clip")
-    pad: bool = False
+    pad: bool = Field(
+        False, description="repeat frames of clips that are too short instead of rejecting them"
+    )
     x_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         None,
         description="X-encoder compute dtype (default: the preset's on CPU, bfloat16 with GPUs)",
     )
-    dtype: Literal["float16", "float32"] = "float16"
-    rows_per_file: int = Field(1000, gt=0)
+    dtype: Literal["float16", "float32"] = Field("float16", description="stored x_tokens dtype")
+    rows_per_file: int = Field(1000, gt=0, description="max rows per Parquet file")
     shard_size: int | None = Field(None, gt=0, description="manifest rows per input shard")
-    batch_size: int = Field(8, gt=0)
-    concurrency: tuple[int, int] | None = None
+    batch_size: int = Field(8, gt=0, description="clips per encoder batch")
+    concurrency: tuple[int, int] | None = Field(
+        None, description="encoder actors MIN,MAX (default: 1,<CPUs or GPUs>)"
+    )
     gpus: float = Field(0.0, ge=0, description="GPUs per encoder actor (0 = CPU)")
     torch_threads: int = Field(1, ge=1, description="torch threads per CPU actor")
     limit: int | None = Field(None, gt=0, description="embed only the first N manifest rows")
-    overwrite: bool = False
-    address: str | None = None
-    mlflow: bool = False
-    tracking_uri: str | None = None
-    experiment: str = "vljepa-embed"
-    progress: bool = True
+    overwrite: bool = Field(False, description="redo everything, removing earlier outputs")
+    address: str | None = Field(
+        None, description="Ray cluster address (default: RAY_ADDRESS, else a local cluster)"
+    )
+    mlflow: bool = Field(False, description="log the config and summary to an MLflow run")
+    tracking_uri: str | None = Field(
+        None, description="MLflow store (default: MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)"
+    )
+    experiment: str = Field("vljepa-embed", description="MLflow experiment")
+    progress: bool = Field(True, description="Ray Data progress bars")
     # Sleep this long after each batch in the workers: lets tests interrupt a run part-way.
     debug_batch_delay_s: float = Field(0.0, ge=0)
 
@@ -111,30 +121,33 @@ class EmbedConfig(BaseModel):
 
         cfg = VLJEPAConfig.preset(self.preset)
         x = cfg.x_encoder.model_dump()
-        if self.x_encoder is not None:
-            x.update(X_ENCODER_ALIASES.get(self.x_encoder, {"name_or_path": self.x_encoder}))
+        if self.x_encoder in X_ENCODER_ALIASES:
+            x.update(X_ENCODER_ALIASES[self.x_encoder])
+        elif self.x_encoder is not None:  # hub name / folder: its architecture from its config
+            from jepa.pretrained import x_encoder_config
+
+            x = x_encoder_config(self.x_encoder, cfg.x_encoder).model_dump()
         if self.frames is not None:
             x["num_frames"] = self.frames
         if self.size is not None:
             x["image_size"] = self.size
+        x["fps"] = self.fps  # the sampling is part of the X-encoder's config
+        x["pad"] = self.pad
         if self.x_dtype is not None:
             x["dtype"] = self.x_dtype
         elif self.gpus > 0:
             x["dtype"] = "bfloat16"  # GPU encoders run in bf16 unless told otherwise
         cfg.x_encoder = type(cfg.x_encoder).model_validate(x)
-        if self.y_encoder is not None:
-            y = cfg.y_encoder.model_dump()
-            y["name_or_path"] = self.y_encoder
-            if self.y_encoder == "minilm":
-                y["tokenizer"] = "minilm"
-            cfg.y_encoder = type(cfg.y_encoder).model_validate(y)
+        if self.y_encoder is not None:  # its architecture and tokenizer from its own config
+            from jepa.pretrained import y_encoder_config
+
+            cfg.y_encoder = y_encoder_config(self.y_encoder, cfg.y_encoder)
         return cfg
 
     def sampling(self):
-        from pipelines.embed.decode import Sampling
+        from pipelines.clips import Sampling
 
-        x = self.model().x_encoder
-        return Sampling(frames=x.num_frames, size=x.image_size, fps=self.fps, pad=self.pad)
+        return Sampling.of(self.model().x_encoder)
 
     def resolved_concurrency(
         self, cluster_cpus: float, cluster_gpus: float

@@ -40,6 +40,11 @@ class ResumeMismatch(EmbedError):
     """The output folder holds shards made with a different config."""
 
 
+class BadInput(EmbedError):
+    """The manifest is missing or empty, or --out cannot be written: a usage error (exit 2),
+    reported before anything is created."""
+
+
 @dataclass
 class Progress:
     """Counters and clocks of one run (what `_SUCCESS` and the log summary report)."""
@@ -59,26 +64,16 @@ class Progress:
 
 
 def file_metadata(cfg: EmbedConfig) -> dict[str, str]:
-    m = cfg.model()
-    s = cfg.sampling()
-    return {
-        "schema_version": writer.SCHEMA_VERSION,
-        "x_encoder": json.dumps(m.x_encoder.model_dump(mode="json"), sort_keys=True),
-        "y_encoder": json.dumps(m.y_encoder.model_dump(mode="json"), sort_keys=True),
-        "preset": cfg.preset,
-        "config_hash": m.hash(),
-        "model_config": m.to_json(),
-        "frames": str(s.frames),
-        "size": str(s.size),
-        "fps": "" if s.fps is None else f"{s.fps:g}",
-        "pad": str(s.pad).lower(),
-        "dtype": cfg.dtype,
-    }
+    from pipelines import features
+
+    return features.metadata(cfg.model(), cfg.preset, cfg.dtype)
 
 
 def output_schema(cfg: EmbedConfig) -> pa.Schema:
     m = cfg.model()
-    return writer.data_schema(
+    from pipelines import features
+
+    return features.data_schema(
         m.x_encoder.num_tokens,
         m.x_encoder.hidden_size,
         m.y_encoder.hidden_size,
@@ -277,10 +272,18 @@ def run(cfg: EmbedConfig) -> dict[str, Any]:
     Raises EmbedError when nothing at all was written (never a quiet success).
     """
     progress = Progress()
-    # Inputs first: a wrong --manifest fails before anything is created under --out.
-    shards = read_inputs(cfg.manifest, cfg.is_webdataset, cfg.rows_per_shard, cfg.limit)
+    # Inputs and the output location first: a wrong --manifest or --out fails before anything
+    # is created under --out.
+    try:
+        storage.check_output(cfg.out)
+    except storage.OutputUnusable as e:
+        raise BadInput(str(e)) from None
+    try:
+        shards = read_inputs(cfg.manifest, cfg.is_webdataset, cfg.rows_per_shard, cfg.limit)
+    except FileNotFoundError as e:
+        raise BadInput(f"{cfg.manifest}: not found ({_first_line(e)})") from None
     if not shards:
-        raise EmbedError(f"{cfg.manifest}: no inputs found")
+        raise BadInput(f"{cfg.manifest}: no inputs found (an empty manifest?)")
     storage.makedirs(cfg.out)
     storage.check_writable(cfg.out)
     if cfg.overwrite:
@@ -379,31 +382,45 @@ def _summarise(
     return summary
 
 
-def log_to_mlflow(cfg: EmbedConfig, summary: dict[str, Any]) -> str:
-    """One MLflow run with the whole config as params and the summary as metrics + artifact."""
-    import mlflow
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
-    if cfg.tracking_uri:
-        mlflow.set_tracking_uri(cfg.tracking_uri)
-    mlflow.set_experiment(cfg.experiment)
-    with mlflow.start_run(run_name=f"embed-{os.path.basename(cfg.out.rstrip('/'))}") as r:
-        params = _flatten(
-            {"embed": json.loads(cfg.model_dump_json()), "model": cfg.model().to_dict()}
-        )
-        mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
-        mlflow.log_metrics(
-            {
-                k: float(v)
-                for k, v in summary.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)
-            }
-        )
-        mlflow.log_metrics(
-            {f"errors.{k}": float(v) for k, v in summary["errors_by_reason"].items()}
-        )
-        mlflow.log_dict(summary, "embed_summary.json")
-        mlflow.set_tags({"vljepa.job": "embed", "vljepa.config_hash": summary["config_hash"]})
-        return r.info.run_id
+
+def log_to_mlflow(cfg: EmbedConfig, summary: dict[str, Any]) -> str:
+    """One MLflow run, in the store `tracking_store.resolve` picks, with the whole config as
+    params and the summary as metrics and an artifact."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    from pipelines import tracking_store
+
+    uri = tracking_store.resolve(cfg.tracking_uri)
+    client = tracking_store.client(uri)
+    exp_id = tracking_store.experiment_id(uri, cfg.experiment)
+    run = client.create_run(
+        exp_id,
+        run_name=f"embed-{os.path.basename(cfg.out.rstrip('/'))}",
+        tags={"vljepa.job": "embed", "vljepa.config_hash": summary["config_hash"]},
+    )
+    run_id = run.info.run_id
+    params = _flatten({"embed": json.loads(cfg.model_dump_json()), "model": cfg.model().to_dict()})
+    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    now = int(time.time() * 1000)
+    metrics = {
+        k: float(v)
+        for k, v in summary.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    metrics.update({f"errors.{k}": float(v) for k, v in summary["errors_by_reason"].items()})
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+        tags=[RunTag("mlflow.source.type", "JOB")],
+    )
+    client.log_dict(run_id, summary, "embed_summary.json")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -26,7 +26,6 @@ from pipelines import storage
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
 ERROR_SCHEMA = pa.schema(
     [
         ("shard", pa.string()),
@@ -44,29 +43,6 @@ _DATA_COLUMNS = ("clip_id", "video", "start_s", "end_s", "caption", "paraphrases
 
 def data_dir(out: str) -> str:
     return storage.join(out, "data")
-
-
-def data_schema(
-    num_tokens: int, hidden: int, y_dim: int, dtype: str, metadata: dict[str, str]
-) -> pa.Schema:
-    x_type = pa.float16() if dtype == "float16" else pa.float32()
-    schema = pa.schema(
-        [
-            ("clip_id", pa.string()),
-            ("video", pa.string()),
-            ("start_s", pa.float32()),
-            ("end_s", pa.float32()),
-            ("caption", pa.string()),
-            ("paraphrases", pa.list_(pa.string())),
-            ("label", pa.string()),
-            ("split", pa.string()),
-            ("x_tokens", pa.fixed_shape_tensor(x_type, [num_tokens, hidden])),
-            ("y_embedding", pa.fixed_shape_tensor(pa.float32(), [y_dim])),
-            ("caption_ids", pa.list_(pa.int32())),
-            ("paraphrase_ids", pa.list_(pa.list_(pa.int32()))),
-        ]
-    )
-    return schema.with_metadata({f"vljepa.{k}": v for k, v in metadata.items()})
 
 
 def _tensor_column(blobs: pa.Array, ext_type: pa.FixedShapeTensorType) -> pa.Array:

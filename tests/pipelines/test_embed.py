@@ -19,8 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import storage
-from pipelines.embed import read_errors
-from pipelines.embed.decode import (
+from pipelines.clips import (
     BAD_CAPTION,
     EMPTY,
     MISSING,
@@ -29,6 +28,7 @@ from pipelines.embed.decode import (
     TRUNCATED,
     UNDECODABLE,
 )
+from pipelines.embed import read_errors
 
 # Small shards so that resuming has something to skip; batches of 4 keep actors busy.
 COMMON = ["--shard-size", "8", "--rows-per-file", "5", "--batch-size", "4", "--no-progress"]
@@ -161,7 +161,7 @@ def test_killed_run_resumes_only_missing_shards_and_matches_uninterrupted(
     # Output to a file, not a pipe: a full pipe would block the driver.
     with open(tmp_path / "killed.log", "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cluster.cli", "embed", *args, "--debug-batch-delay", "0.6"],
+            [sys.executable, "-m", "cluster.cli", "embed", *args, "--debug-batch-delay-s", "0.6"],
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
@@ -294,7 +294,7 @@ def test_zero_clips_written_fails_loudly(tmp_path, ray_cluster):  # noqa: ARG001
 
 
 def test_decode_names_each_failure_and_pads_short_clips(synth_corpus, tmp_path):
-    from pipelines.embed.decode import DecodeError, Sampling, decode_clip
+    from pipelines.clips import DecodeError, Sampling, decode_clip
 
     good = next((synth_corpus / "videos").glob("*.mp4"))
     bad = {
