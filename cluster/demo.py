@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipelines import storage
@@ -80,9 +79,9 @@ class DemoConfig(BaseModel):
 
     def resolved_tracking_uri(self) -> str:
         if self.tracking_uri:
-            from pipelines.train.config import absolute_tracking_uri
+            from pipelines.tracking_store import absolute
 
-            return absolute_tracking_uri(self.tracking_uri)
+            return absolute(self.tracking_uri)
         return "sqlite:///" + self.path("mlruns", "mlflow.db")
 
 
@@ -242,20 +241,6 @@ def _train(cfg: DemoConfig, tracking_uri: str, train_clips: int):
     }
 
 
-# ---------------------------------------------------------------------- features in memory
-
-
-def predict(model, x_tokens, batch: int = 64):
-    """Predicted embeddings (N, shared_dim) of pre-embedded X-encoder tokens."""
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(x_tokens), batch):
-            out.append(model.predict_queries(torch.from_numpy(x_tokens[i : i + batch])).numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.config.shared_dim), np.float32)
-
-
 def _train_decoder(cfg: DemoConfig, tracking_uri: str, train: dict) -> dict:
     """`vljepa train-decoder`: captions + paraphrases through the trained Y-encoder -> text."""
     from pipelines.decoder import DecoderConfig, run_decoder_training
@@ -286,7 +271,7 @@ def _train_decoder(cfg: DemoConfig, tracking_uri: str, train: dict) -> dict:
 
 def _evaluate(cfg: DemoConfig, tracking_uri: str) -> dict:
     """`vljepa eval`: retrieval, zero-shot classification, captioning, selective decoding."""
-    from pipelines.evaluate import EvalConfig, load_split, run_eval
+    from pipelines.evaluate import EvalConfig, run_eval
 
     res = run_eval(
         EvalConfig(
@@ -311,62 +296,41 @@ def _evaluate(cfg: DemoConfig, tracking_uri: str) -> dict:
         for truth, text in out["caption_samples"]:
             _say(f"  {truth!r:40s} -> {text!r}")
     if out.get("selective"):
-        _say(
-            "selective decoding (offline, streams): "
-            + ", ".join(f"{k}={round(float(v), 3)}" for k, v in out["selective"].items())
-        )
-    # The online detector's threshold for the Serve app, from every clip with a known event.
-    from jepa.model import VLJEPA
+        from pipelines.selective_eval import format_report
 
-    model = VLJEPA.from_pretrained(cfg.path("model"))
-    model.eval()
-    splits = [load_split(cfg.path("features"), s) for s in ("train", "val")]
-    x = np.concatenate([np.asarray(s["x_tokens"], dtype=np.float32) for s in splits])
-    det = out["detector"] = calibrate_detector(
-        predict(model, x), [lab for s in splits for lab in s["labels"]], 2.0
-    )
-    _say(
-        f"online selective decoding threshold: {det['threshold']:.4f} cosine distance "
-        f"(clips of one event: median {det['within_median']:.4f}; of different events: median "
-        f"{det['across_median']:.4f}; {100 * det['across_above']:.0f}% of different-event pairs "
-        f"and {100 * (1 - det['within_below']):.0f}% of same-event pairs would trigger a decode)"
-    )
+        for line in format_report(res["selective"]).splitlines():
+            _say(line)
+    # The online detector the Serve app runs is the one the model carries: calibrated on the
+    # validation split when it was registered (stored in its config.json); Serve reads it there.
+    det = out["detector"] = model_detector(cfg.path("model"))
+    if det is None:
+        _say("online selective decoding: the model carries no calibrated detector (defaults)")
+    else:
+        _say(
+            f"online selective decoding threshold: {det['threshold']:.4f} cosine distance, "
+            f"min gap {det['min_gap']:g} s, smoothing {det['smoothing']:g} (calibrated on the "
+            "validation split at registration; stored with the model, served from there)"
+        )
     return out
 
 
-def calibrate_detector(pred, labels: list[str], clip_seconds: float) -> dict[str, float]:
-    """The online detector's threshold for THIS model, from clips with known events: between how
-    far apart two clips of one event land and two clips of different events (the geometric
-    mean of the two medians: distances span orders of magnitude between a barely trained and a
-    well trained model). Every model spreads its space differently, so a fixed threshold would
-    be wrong for most of them."""
-    from jepa.metrics import similarity
+def model_detector(model_dir: str) -> dict[str, float] | None:
+    """The online detector a saved model was registered with (its config.json), or None."""
+    from jepa.config import VLJEPAConfig
+    from jepa.model import CONFIG_FILE
 
-    d = 1.0 - np.asarray(similarity(pred, pred), dtype=np.float64)
-    lab = np.asarray(labels, dtype=object)
-    same = lab[:, None] == lab[None, :]
-    off = ~np.eye(len(lab), dtype=bool)
-    within, across = d[same & off], d[~same]
-    hi = float(np.median(across)) if across.size else 0.1
-    lo = float(np.median(within)) if within.size else hi / 10
-    thr = float(np.clip(np.sqrt(max(lo, 1e-6) * max(hi, 1e-6)), 1e-4, 1.0))
-    return {
-        "threshold": thr,
-        "min_gap": clip_seconds,
-        "smoothing": 0.0,
-        "within_median": lo,
-        "across_median": hi,
-        "across_above": float((across >= thr).mean()) if across.size else 0.0,
-        "within_below": float((within < thr).mean()) if within.size else 1.0,
-    }
+    raw = json.loads(storage.read_text(os.path.join(model_dir, CONFIG_FILE)))
+    det = VLJEPAConfig.from_dict(raw).detector
+    return det.model_dump() if det is not None else None
 
 
 # ----------------------------------------------------------------------------------- serving
 
 
-def _serve_config(cfg: DemoConfig, model_uri: str, tracking_uri: str, detector: dict) -> dict:
-    """The packaged Serve config with the trained model, the calibrated detector and CPU shares
-    that fit next to nothing else on a 2-core machine (one replica of each deployment)."""
+def _serve_config(cfg: DemoConfig, model_uri: str, tracking_uri: str) -> dict:
+    """The packaged Serve config with the trained model (which carries its calibrated detector)
+    and CPU shares that fit next to nothing else on a 2-core machine (one replica of each
+    deployment)."""
     from serve import config as sc
 
     small = lambda cpus: {  # noqa: E731
@@ -375,11 +339,7 @@ def _serve_config(cfg: DemoConfig, model_uri: str, tracking_uri: str, detector: 
     }
     serve_cfg = sc.apply_overrides(
         sc.load_config(),
-        args={
-            "model_uri": model_uri,
-            "mlflow_tracking_uri": tracking_uri,
-            "detector": {k: detector[k] for k in ("threshold", "min_gap", "smoothing")},
-        },
+        args={"model_uri": model_uri},
         deployments={
             "Ingress": {"ray_actor_options": {"num_cpus": 0.1}, "num_replicas": 1},
             "Encoder": small(0.5),
@@ -389,6 +349,7 @@ def _serve_config(cfg: DemoConfig, model_uri: str, tracking_uri: str, detector: 
         host=cfg.host,
         port=cfg.port,
     )
+    serve_cfg = sc.with_tracking_store(serve_cfg, tracking_uri)
     # The demo prints what happened; per-request access logs of the replicas would drown it.
     sc.app_entry(serve_cfg)["logging_config"] = {"log_level": "WARNING", "enable_access_log": False}
     return serve_cfg
@@ -443,18 +404,17 @@ def stop_serve(serve_cfg: dict) -> None:
 
 def cut_stream(video: str, fps: float, clip_seconds: float = 2.0) -> list[tuple[float, bytes]]:
     """A stream video cut into consecutive `clip_seconds` mp4 clips, as a camera would send
-    them: (start time, mp4 bytes) each. Decoded with decord, re-encoded with PyAV."""
-    import decord
-
+    them: (start time, mp4 bytes) each. Read at native size by pipelines.clips (one reader),
+    re-encoded with PyAV."""
+    from pipelines.clips import open_video
     from pipelines.synth.writer import encode_mp4
 
-    vr = decord.VideoReader(video, num_threads=1)
     per = max(2, round(fps * clip_seconds))
     out = []
-    for i in range(len(vr) // per):
-        frames = vr.get_batch(list(range(i * per, (i + 1) * per))).asnumpy()
-        out.append((i * per / fps, encode_mp4(frames, round(fps))))
-    del vr
+    with open_video(video) as v:
+        for i in range(v.info.num_frames // per):
+            frames = v.read(range(i * per, (i + 1) * per))
+            out.append((i * per / fps, encode_mp4(frames, round(fps))))
     return out
 
 
@@ -508,9 +468,9 @@ def _stream(cfg: DemoConfig, urls: dict[str, str]) -> list[StreamReport]:
                 r.raise_for_status()
                 for ev in r.json()["events"]:
                     t = float(ev["time_s"])
-                    truth = next(
+                    truth = next(  # none in a pause (no event: nothing to caption)
                         (e["caption"] for e in rec["events"] if e["start"] <= t < e["end"]),
-                        rec["events"][-1]["caption"],
+                        "a pause, no event",
                     )
                     events.append({"time_s": t, "caption": ev.get("caption"), "truth": truth})
                     _say(
@@ -583,9 +543,7 @@ def run_demo(cfg: DemoConfig, stop: Callable[[], bool] | None = None) -> DemoRes
     if cfg.no_serve:
         _finish(res, None)
         return res
-    serve_cfg = _serve_config(
-        cfg, res.decoder["model_uri"], tracking_uri, res.evaluation["detector"]
-    )
+    serve_cfg = _serve_config(cfg, res.decoder["model_uri"], tracking_uri)
     try:
         with banner.stage("serve", "start the Ray Serve app with the trained model", res.timings):
             urls = _start_serve(cfg, serve_cfg)

@@ -11,7 +11,8 @@ is ~60 lines of pure Python, so a tested reimplementation is lighter than the de
 follows the coco-caption scorer exactly (n = 1..4, TF-IDF with document frequencies from the
 reference corpus, clipped cosine per n, Gaussian length penalty sigma = 6, mean over n and over
 references, x10), including its quirk of measuring length in bigrams (which cancels in the
-length difference).
+length difference). tests/jepa/test_cider_reference.py pins it against
+`pycocoevalcap`'s CiderScorer (a dev dependency) to 1e-6 on a few hundred generated corpora.
 """
 
 from __future__ import annotations
@@ -98,6 +99,17 @@ def zero_shot_accuracy(
     return float((top == truth[:, None]).any(axis=1).mean())
 
 
+def top_k_accuracy(scores: Any, true_idx: Sequence[int], k: int = 1) -> float:
+    """Fraction of rows (items) whose true column (class) is among their k highest scores; ties
+    go to the earlier column. For classifiers that score classes directly (e.g. by likelihood)."""
+    s = _np(scores)
+    truth = np.asarray(list(true_idx))
+    if s.shape[0] != truth.shape[0]:
+        raise ValueError(f"{s.shape[0]} score rows but {truth.shape[0]} labels")
+    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return float((top == truth[:, None]).any(axis=1).mean())
+
+
 # ----------------------------------------------------------------------------- captions
 
 _PUNCT = re.compile(r"[^\w\s']")
@@ -132,29 +144,40 @@ def _ngrams(text: str, n: int = 4) -> Counter:
     return c
 
 
-def cider_scores(
-    candidates: Sequence[str],
-    references: Sequence[Sequence[str]],
-    n: int = 4,
-    sigma: float = 6.0,
-) -> np.ndarray:
-    """Per-candidate CIDEr-D. Document frequencies come from the reference sets of this corpus
-    (one document per candidate's reference set), as in coco-caption."""
-    if len(candidates) != len(references):
-        raise ValueError(f"{len(candidates)} candidates but {len(references)} reference sets")
-    if not candidates:
-        return np.zeros(0)
-    if any(len(r) == 0 for r in references):
-        raise ValueError("every candidate needs at least one reference")
-    crefs = [[_ngrams(r, n) for r in refs] for refs in references]
-    ctest = [_ngrams(c, n) for c in candidates]
-    df: dict[tuple, float] = defaultdict(float)
-    for refs in crefs:
-        for g in {g for r in refs for g in r}:
-            df[g] += 1
-    log_n = math.log(float(len(crefs)))
+def cook(text: str, n: int = 4) -> Counter:
+    """A caption's n-gram counts (n = 1..4) after `normalize_caption`: what CIDEr scores."""
+    return _ngrams(text, n)
 
-    def vec(cnts: Counter):
+
+class CiderD:
+    """CIDEr-D against one reference corpus: its document frequencies and reference vectors are
+    computed once, then any number of candidate lists (one candidate per reference set) are
+    scored against it. `crefs`: per document, the `cook`ed references (at least one)."""
+
+    def __init__(self, crefs: Sequence[Sequence[Counter]], n: int = 4, sigma: float = 6.0):
+        if any(len(r) == 0 for r in crefs):
+            raise ValueError("every candidate needs at least one reference")
+        self.n, self.sigma = n, sigma
+        self.crefs = crefs
+        df: dict[tuple, float] = defaultdict(float)
+        for refs in crefs:
+            for g in {g for r in refs for g in r}:
+                df[g] += 1
+        self.df = df
+        self._memo: dict[int, tuple] = {}
+        self._pairs: dict[tuple[int, int], float] = {}
+        self.log_n = math.log(float(len(crefs))) if crefs else 0.0
+        self.ref_vecs = [[self._vec_once(r) for r in refs] for refs in crefs]
+
+    def _vec_once(self, cnts: Counter) -> tuple[list[dict], list[float], int]:
+        """`_vec`, once per object: a resampled corpus repeats the same cooked captions."""
+        key = id(cnts)
+        if key not in self._memo:
+            self._memo[key] = (cnts, self._vec(cnts))  # holding cnts keeps its id unique
+        return self._memo[key][1]
+
+    def _vec(self, cnts: Counter) -> tuple[list[dict], list[float], int]:
+        n, df, log_n = self.n, self.df, self.log_n
         v: list[dict] = [{} for _ in range(n)]
         norm = [0.0] * n
         length = 0
@@ -167,24 +190,48 @@ def cider_scores(
                 length += tf
         return v, [math.sqrt(x) for x in norm], length
 
-    out = np.zeros(len(candidates))
-    for i, (test, refs) in enumerate(zip(ctest, crefs, strict=True)):
-        vh, nh, lh = vec(test)
-        total = np.zeros(n)
-        for ref in refs:
-            vr, nr, lr = vec(ref)
-            delta = float(lh - lr)
-            val = np.zeros(n)
-            for k in range(n):
-                for g, w in vh[k].items():
-                    wr = vr[k].get(g, 0.0)
-                    val[k] += min(w, wr) * wr  # clipping: CIDEr-D's guard against repetition
-                if nh[k] != 0 and nr[k] != 0:
-                    val[k] /= nh[k] * nr[k]
-                val[k] *= math.exp(-(delta**2) / (2 * sigma**2))
-            total += val
-        out[i] = float(np.mean(total)) / len(refs) * 10.0
-    return out
+    def scores(self, ctest: Sequence[Counter]) -> np.ndarray:
+        """Per-candidate CIDEr-D, candidate i against reference set i."""
+        if len(ctest) != len(self.crefs):
+            raise ValueError(f"{len(ctest)} candidates but {len(self.crefs)} reference sets")
+        n, sigma = self.n, self.sigma
+        out = np.zeros(len(ctest))
+        for i, (test, refs) in enumerate(zip(ctest, self.ref_vecs, strict=True)):
+            pair = (id(test), id(self.crefs[i]))  # the same caption against the same references
+            if pair in self._pairs:
+                out[i] = self._pairs[pair]
+                continue
+            vh, nh, lh = self._vec_once(test)
+            total = np.zeros(n)
+            for vr, nr, lr in refs:
+                delta = float(lh - lr)
+                val = np.zeros(n)
+                for k in range(n):
+                    for g, w in vh[k].items():
+                        wr = vr[k].get(g, 0.0)
+                        val[k] += min(w, wr) * wr  # clipping: CIDEr-D's guard against repetition
+                    if nh[k] != 0 and nr[k] != 0:
+                        val[k] /= nh[k] * nr[k]
+                    val[k] *= math.exp(-(delta**2) / (2 * sigma**2))
+                total += val
+            out[i] = self._pairs[pair] = float(np.mean(total)) / len(refs) * 10.0
+        return out
+
+
+def cider_scores(
+    candidates: Sequence[str],
+    references: Sequence[Sequence[str]],
+    n: int = 4,
+    sigma: float = 6.0,
+) -> np.ndarray:
+    """Per-candidate CIDEr-D. Document frequencies come from the reference sets of this corpus
+    (one document per candidate's reference set), as in coco-caption."""
+    if len(candidates) != len(references):
+        raise ValueError(f"{len(candidates)} candidates but {len(references)} reference sets")
+    if not candidates:
+        return np.zeros(0)
+    scorer = CiderD([[cook(r, n) for r in refs] for refs in references], n, sigma)
+    return scorer.scores([cook(c, n) for c in candidates])
 
 
 def cider(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> float:

@@ -5,7 +5,8 @@ meaning changes. Two variants (see docs/METHOD.md):
 
 - offline (whole video known): Ward agglomerative clustering restricted to temporally adjacent
   merges -> N contiguous segments; decode once per segment, at its midpoint, from the segment's
-  average embedding (by default a trimmed average: see `pool_segment`). The uniform fixed-stride
+  average embedding (the paper's plain mean by default; a trimmed average is an option: see
+  `pool_segment`). The uniform fixed-stride
   baseline is here too, for the comparison.
 - online (live stream, causal): smooth the stream with an EMA and fire when the smoothed
   embedding has drifted far enough (cosine distance) from the last decoded one. Its state is a
@@ -137,16 +138,14 @@ def stride_for_rate(times_s: Any, rate_hz: float) -> int:
 Pool = Literal["mean", "trimmed"]
 
 
-def pool_segment(x: Any, pool: Pool = "trimmed", keep: float = 0.5) -> np.ndarray:
+def pool_segment(x: Any, pool: Pool = "mean", keep: float = 0.5) -> np.ndarray:
     """One embedding for a run of windows.
 
-    "mean" is the paper's segment average. "trimmed" (the default) averages only the `keep`
-    fraction of windows whose direction is closest to the segment's mean direction. Why: with
-    overlapping windows some windows inside an event straddle two repetitions of its action or
-    the boundary with the next event, and the predictor maps those frame sequences, never seen
-    in training, far from the event's meaning; on the synthetic streams they decode wrongly
-    about as often as aligned windows decode rightly, so a plain mean is pulled off course.
-    Segments of fewer than 3 windows are averaged whole.
+    "mean" (the default) is the paper's segment average. "trimmed" averages only the `keep`
+    fraction of windows whose direction is closest to the segment's mean direction: robust to
+    a few windows far from the segment's meaning (e.g. windows that straddle the boundary with
+    the next event, a frame sequence the predictor never saw in training), at the cost of
+    departing from the paper. Segments of fewer than 3 windows are averaged whole.
     """
     x = _as_array(x)
     if pool not in ("mean", "trimmed"):
@@ -166,12 +165,12 @@ def decode_plan(
     emb: Any,
     segments: list[tuple[int, int]],
     times_s: Any,
-    pool: Pool = "trimmed",
+    pool: Pool = "mean",
     keep: float = 0.5,
 ) -> list[DecodePoint]:
     """One decode per segment: at the midpoint time, from the segment's pooled embedding
-    (pooling helps both the adaptive and the uniform method, per the paper; see
-    `pool_segment` for why the default trims outlying windows)."""
+    (averaging helps both the adaptive and the uniform method, per the paper; see
+    `pool_segment` for the trimmed option)."""
     x = _as_array(emb)
     ts = np.asarray(times_s, dtype=np.float64)
     if ts.shape[0] != x.shape[0]:
@@ -356,16 +355,24 @@ __all__ = [
 
 
 def calibrate_threshold(
-    pred: Any, labels: list[str], min_gap: float = 2.0, smoothing: float = 0.0
+    pred: Any, labels: list[str], min_gap: float | None = None, smoothing: float | None = None
 ) -> dict[str, float]:
     """The online detector's threshold for THIS model, from clips with known events.
 
     It sits between how far apart two clips of one event land and two clips of different events:
     the geometric mean of the two median cosine distances (distances span orders of magnitude
     between a barely trained and a well trained model, so a fixed threshold would be wrong for
-    most models). Returns the detector settings plus the statistics behind them.
+    most models). `min_gap` and `smoothing` keep the detector's defaults unless given: on
+    streams whose event boundaries fall inside a clip, the straddling clip and the next one would
+    each fire without the EMA (0.52 decoder calls per clip vs 0.38 with it, same events captioned,
+    on the test corpus). Returns the detector settings plus the statistics behind them.
     """
+    from jepa.config import DetectorConfig
     from jepa.metrics import similarity
+
+    defaults = DetectorConfig()
+    min_gap = defaults.min_gap if min_gap is None else min_gap
+    smoothing = defaults.smoothing if smoothing is None else smoothing
 
     d = 1.0 - np.asarray(similarity(pred, pred), dtype=np.float64)
     lab = np.asarray(labels, dtype=object)

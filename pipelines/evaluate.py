@@ -3,17 +3,17 @@
 - retrieval both ways and zero-shot classification on the val split of the pre-embedded features
   (a hit is an item carrying the query's event: several clips share one caption);
 - captioning CIDEr-D through the Y-decoder (references: the caption and its paraphrases);
-- selective decoding on the synthetic streams (the paper's §4.5 protocol): each stream is cut into
-  sliding windows (decoded with decord, X-encoder, predictor), the embedding stream is decoded
-  uniformly or adaptively (Ward segments) at a range of rates, each segment pooled to one decoder
-  input the same way for both methods, each ground-truth event is matched to the decode nearest
-  in time, and the corpus CIDEr is plotted against decodes per second.
+- selective decoding on the synthetic streams (the paper's §4.5 protocol, pipelines.selective_eval):
+  each stream is cut into sliding windows (pipelines.clips sampling, X-encoder, predictor), the
+  embedding stream is decoded uniformly and adaptively (Ward segments) at absolute rates and by
+  the model's online detector, each decode from its segment's mean, each ground-truth event is
+  matched to the decode nearest in time, the corpus CIDEr is plotted against decodes per second,
+  and the call ratio at equal CIDEr is read with a bootstrap interval over streams.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import logging
 import math
@@ -24,12 +24,18 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from jepa.selective import Pool
-from pipelines import storage
-from pipelines.train.config import absolute_tracking_uri, default_tracking_uri
+from pipelines import storage, tracking_store
+from pipelines.selective_eval import (  # noqa: F401  (re-exported: the eval's selective part)
+    DEFAULT_RATES_HZ,
+    HEADLINE_RATE_HZ,
+    PAPER_RATIO,
+    curve_figure,
+    selective_curve,
+    selective_results,
+    summarize_curve,
+)
 
 log = logging.getLogger(__name__)
-
-PAPER_RATIO = 2.85
 
 
 class EvalConfig(BaseModel):
@@ -41,40 +47,66 @@ class EvalConfig(BaseModel):
     split: str = "val"
     window_s: float = Field(2.0, gt=0, description="stream window length")
     stride_s: float = Field(1.0, gt=0, description="stream window stride (the finest decode rate)")
-    rate_factors: list[float] = Field(
-        default_factory=lambda: [0.5, 0.75, 1.0, 1.5, 2.0, 2.85, 4.0, 6.0],
-        description="decode rates as multiples of the streams' event rate",
+    rates_hz: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_RATES_HZ),
+        min_length=1,
+        description="decode rates (decodes per second of video) of the uniform and adaptive "
+        "curves; a rate above 1/stride_s decodes every window",
     )
+    headline_rate_hz: float = Field(
+        HEADLINE_RATE_HZ, gt=0, description="the adaptive point whose call ratio is the headline"
+    )
+    bootstrap_resamples: int = Field(1000, ge=0, description="stream resamples for intervals")
+    bootstrap_seed: int = 0
+    ci_level: float = Field(0.95, gt=0, lt=1)
     max_streams: int | None = Field(None, ge=1)
     segment_pool: Pool = Field(
-        "trimmed",
-        description="how a segment's windows become one decoder input, for both methods: "
+        "mean",
+        description="how a segment's windows become one decoder input, for every method: "
         "'mean' (the paper) or 'trimmed' (the mean of the windows closest to it)",
     )
     trim_keep: float = Field(0.5, gt=0, le=1, description="fraction of windows 'trimmed' keeps")
     num_beams: int = Field(1, ge=1)
-    tracking_uri: str = Field(default_factory=default_tracking_uri)
+    tracking_uri: str = Field(
+        default_factory=tracking_store.resolve,
+        description="MLflow store (default: MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)",
+    )
     experiment: str = "vljepa"
     log_mlflow: bool = True
 
     @field_validator("tracking_uri")
     @classmethod
     def _abs(cls, v: str) -> str:
-        return absolute_tracking_uri(v)
+        return tracking_store.absolute(v)
+
+    @field_validator("rates_hz")
+    @classmethod
+    def _rates(cls, v: list[float]) -> list[float]:
+        if any(not (r > 0 and math.isfinite(r)) for r in v):
+            raise ValueError(f"decode rates must be positive, got {v}")
+        return v
 
 
 # ----------------------------------------------------------------------------- features
 
 
-def load_split(data: str, split: str) -> dict:
-    from pipelines.train.data import data_files
+def load_split(data: str, split: str, limit: int | None = None) -> dict:
+    """One split of a features root in memory (the first `limit` rows of it, if given)."""
+    from pipelines.features import data_files
 
     cols = ["clip_id", "caption", "paraphrases", "label", "split", "x_tokens"]
     tables = []
+    have = 0
     for f in data_files(data):
+        if limit is not None and have >= limit:
+            break
         fs, path = storage.filesystem(f)
         t = pq.read_table(path, filesystem=fs, columns=cols)
-        tables.append(t.filter(t.column("split").to_numpy(zero_copy_only=False) == split))
+        t = t.filter(t.column("split").to_numpy(zero_copy_only=False) == split)
+        if limit is not None:
+            t = t.slice(0, limit - have)
+        have += t.num_rows
+        tables.append(t)
     rows = sum(t.num_rows for t in tables)
     if rows == 0:
         raise ValueError(f"no rows with split={split!r} in {data}")
@@ -118,11 +150,61 @@ def embedding_metrics(model, val: dict) -> tuple[dict, np.ndarray, np.ndarray]:
         out[f"t2v_{k.replace('@', '').lower()}"] = float(val_)
     for k, val_ in metrics.recall_at_k(sim.T.copy(), clip_ev, q_ev).items():
         out[f"v2t_{k.replace('@', '').lower()}"] = float(val_)
-    out["zero_shot_acc"] = float(
-        metrics.zero_shot_accuracy(v, lab, [labels.index(x) for x in val["labels"]])
-    )
+    truth = [labels.index(x) for x in val["labels"]]
+    out["zero_shot_acc"] = float(metrics.zero_shot_accuracy(v, lab, truth))
+    out["zero_shot_top5"] = float(metrics.zero_shot_accuracy(v, lab, truth, k=5))
     out["clips"] = float(len(captions))
     return out, v.numpy(), sim
+
+
+def token_model_metrics(model, val: dict, max_new_tokens: int = 24) -> dict:
+    """What applies to a token-prediction model (`jepa.token_model.TokenVLM`, `--objective
+    tokens`): it has no embedding space, so no retrieval. Reports
+    - captioning: CIDEr-D of its own greedy generations (its LM head, from BOS after the clip's
+      visual tokens) against the caption and its paraphrases, the same references as the
+      embedding model's Y-decoder captions are scored against;
+    - classification: zero-shot top-1 / top-5 by label likelihood (each class name, underscores
+      as spaces, scored as the clip's caption by its mean per-token log-probability; the highest
+      wins), over the split's classes;
+    - val_loss: teacher-forced cross-entropy per caption token (tokenised as the model's own
+      tokenizer does, BOS and EOS included).
+    """
+    import torch
+
+    from jepa import metrics
+    from jepa.token_model import class_text
+    from pipelines.train.data import pad_ids
+
+    x_all = val["x_tokens"]
+    names = sorted(set(val["labels"]))
+    texts, scores = [], []
+    total = count = 0.0
+    with torch.no_grad():
+        for i in range(0, len(x_all), 64):
+            x = torch.as_tensor(np.asarray(x_all[i : i + 64])).float()
+            texts.extend(model.generate(x, max_new_tokens=max_new_tokens))
+            scores.append(model.label_log_likelihood(x, [class_text(c) for c in names]))
+            ids, mask = pad_ids(model.tokenize(val["captions"][i : i + 64]), 512)
+            n = float(mask[:, 1:].sum())
+            total += float(model(x, ids, mask)) * n
+            count += n
+    s = torch.cat(scores)
+    truth = [names.index(c) for c in val["labels"]]
+    refs = [[c, *(p or [])] for c, p in zip(val["captions"], val["paraphrases"], strict=True)]
+    return {
+        "captioning": {
+            "cider": metrics.cider(texts, refs),
+            "samples": list(zip(val["captions"], texts, strict=True))[:20],
+        },
+        "classification": {
+            "zero_shot_acc": metrics.top_k_accuracy(s, truth, 1),
+            "zero_shot_top5": metrics.top_k_accuracy(s, truth, 5),
+            "classes": float(len(names)),
+            "clips": float(len(truth)),
+            "val_loss": total / max(1.0, count),
+        },
+        "texts": texts,
+    }
 
 
 def captioning_cider(
@@ -143,35 +225,17 @@ def read_streams(corpus: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def stream_windows(data: bytes, num_frames: int, window_s: float, stride_s: float):
-    """(frames (W, num_frames, H, W, 3) uint8, window mid times) for sliding windows of a video."""
-    import decord
-
-    vr = decord.VideoReader(io.BytesIO(data), num_threads=1)
-    fps = float(vr.get_avg_fps()) or 8.0
-    n = len(vr)
-    duration = n / fps
-    starts = np.arange(0.0, max(0.0, duration - window_s) + 1e-6, stride_s)
-    idx = [
-        np.clip(
-            np.linspace(s * fps, (s + window_s) * fps - 1, num_frames).round().astype(int), 0, n - 1
-        )
-        for s in starts
-    ]
-    flat = sorted({int(i) for row in idx for i in row})
-    frames = vr.get_batch(flat).asnumpy()
-    pos = {f: k for k, f in enumerate(flat)}
-    windows = np.stack([frames[[pos[int(i)] for i in row]] for row in idx])
-    return windows, starts + window_s / 2
-
-
 def embed_stream(
     model, corpus: str, stream: dict, cfg: EvalConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
+    from pipelines.clips import Sampling, stream_windows
+
     data = storage.read_bytes(storage.resolve(corpus, stream["video"]))
-    windows, times = stream_windows(data, model.x_encoder.num_frames, cfg.window_s, cfg.stride_s)
+    # The windows are sampled as the model's clips were (pipelines.clips, the one sampler).
+    sampling = Sampling.of(model.config.x_encoder)
+    windows, times = stream_windows(data, sampling, cfg.window_s, cfg.stride_s)
     embs = []
     with torch.no_grad():
         for i in range(0, len(windows), 16):
@@ -179,132 +243,29 @@ def embed_stream(
     return np.concatenate(embs), times
 
 
-def selective_curve(model, streams: list[dict], stream_embs: list, cfg: EvalConfig) -> dict:
-    """CIDEr against decodes/s for uniform and adaptive decoding over all streams (§4.5)."""
-    from jepa import selective
-    from jepa.metrics import cider, match_events_to_decodes
-
-    total_events = sum(len(s["events"]) for s in streams)
-    total_dur = sum(float(s["duration"]) for s in streams)
-    event_rate = total_events / total_dur
-    max_rate = 1.0 / cfg.stride_s
-    rows = []
-    for factor in cfg.rate_factors:
-        rate = min(event_rate * factor, max_rate)
-        for method in ("uniform", "adaptive"):
-            cands, refs, calls = [], [], 0
-            for s, (emb, times) in zip(streams, stream_embs, strict=True):
-                if method == "adaptive":
-                    segs = selective.segments_for_rate(emb, times, rate)
-                else:
-                    segs = selective.uniform_segments(
-                        len(emb), selective.stride_for_rate(times, rate)
-                    )
-                plan = selective.decode_plan(
-                    emb, segs, times, pool=cfg.segment_pool, keep=cfg.trim_keep
-                )
-                calls += len(plan)
-                texts = model.y_decoder.generate(
-                    np.stack([p.embedding for p in plan]), num_beams=cfg.num_beams
-                )
-                ev_t = [(e["start"] + e["end"]) / 2 for e in s["events"]]
-                match = match_events_to_decodes(ev_t, [p.time_s for p in plan])
-                cands.extend(texts[j] for j in match)
-                refs.extend([e["caption"], *e.get("paraphrases", [])] for e in s["events"])
-            rows.append(
-                {
-                    "method": method,
-                    "factor": factor,
-                    "rate_hz": calls / total_dur,
-                    "target_rate_hz": rate,
-                    "calls": calls,
-                    "cider": cider(cands, refs),
-                }
-            )
-    return {
-        "segment_pool": cfg.segment_pool,
-        "event_rate_hz": event_rate,
-        "events": total_events,
-        "duration_s": total_dur,
-        "rows": rows,
-    }
-
-
-def summarize_curve(curve: dict, ratio: float = PAPER_RATIO) -> dict:
-    """The acceptance numbers: adaptive at the event rate against uniform at the same rate and at
-    `ratio` x that rate, and the decode-call ratio at equal CIDEr read off the uniform curve (the
-    fewest uniform calls that reach the adaptive CIDEr; on a few dozen events the uniform curve is
-    not monotonic, so this reading moves by one rate step when one event decodes differently)."""
-    rows = curve["rows"]
-    ada = {r["factor"]: r for r in rows if r["method"] == "adaptive"}
-    uni = sorted((r for r in rows if r["method"] == "uniform"), key=lambda r: r["calls"])
-    a1 = ada.get(1.0)
-    out: dict = {}
-    if a1 is None:
-        return out
-    out["adaptive_cider_at_event_rate"] = a1["cider"]
-    out["adaptive_calls_at_event_rate"] = a1["calls"]
-    u1 = next((r for r in uni if r["factor"] == 1.0), None)
-    if u1 is not None:  # the same budget, spent evenly
-        out["uniform_cider_at_event_rate"] = u1["cider"]
-        out["uniform_calls_at_event_rate"] = u1["calls"]
-    u_at = next((r for r in uni if r["factor"] == ratio), None)
-    if u_at is not None:
-        out[f"uniform_cider_at_{ratio}x"] = u_at["cider"]
-        out[f"uniform_calls_at_{ratio}x"] = u_at["calls"]
-        out["adaptive_matches_uniform_at_ratio"] = float(a1["cider"] >= u_at["cider"] - 1e-9)
-    # fewest uniform calls reaching the adaptive CIDEr (interpolated); inf if never reached
-    needed = math.inf
-    prev = None
-    for r in uni:
-        if r["cider"] >= a1["cider"] - 1e-9:
-            if prev is None or prev["cider"] >= r["cider"]:
-                needed = r["calls"]
-            else:
-                frac = (a1["cider"] - prev["cider"]) / (r["cider"] - prev["cider"])
-                needed = prev["calls"] + frac * (r["calls"] - prev["calls"])
-            break
-        prev = r
-    # When no tested uniform rate reaches it, the densest uniform rate gives a lower bound.
-    bound = math.isinf(needed) and bool(uni)
-    out["uniform_calls_to_match"] = uni[-1]["calls"] if bound else needed
-    out["call_ratio_at_equal_cider"] = out["uniform_calls_to_match"] / max(1, a1["calls"])
-    out["call_ratio_is_lower_bound"] = float(bound)
-    return out
-
-
-def curve_figure(curve: dict):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, marker in (("uniform", "o"), ("adaptive", "s")):
-        pts = sorted((r["rate_hz"], r["cider"]) for r in curve["rows"] if r["method"] == method)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=method)
-    ax.axvline(curve["event_rate_hz"], color="grey", linestyle=":", label="event rate")
-    ax.set_xscale("log")
-    ax.set_xlabel("decodes per second")
-    ax.set_ylabel("CIDEr-D (events matched to nearest decode)")
-    ax.set_title("selective decoding on synthetic streams")
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
 # ----------------------------------------------------------------------------- job
 
 
 def run_eval(cfg: EvalConfig) -> dict:
     from jepa.model import VLJEPA
+    from jepa.token_model import saved_objective
     from pipelines.train import tracking
 
     t0 = time.perf_counter()
-    model = VLJEPA.from_pretrained(tracking.resolve_model(cfg.model, cfg.tracking_uri))
+    model_dir = tracking.resolve_model(cfg.model, cfg.tracking_uri)
+    if saved_objective(model_dir) == "tokens":
+        results = run_token_eval(model_dir, cfg)
+        results["seconds"] = time.perf_counter() - t0
+        if cfg.log_mlflow:
+            results["run_id"] = _log(cfg, results, {})
+        return results
+    model = VLJEPA.from_pretrained(model_dir)
     results: dict = {"model": cfg.model}
     figures = {}
     if cfg.data:
+        from pipelines import features
+
+        features.check_model_x_encoder(features.load(cfg.data), model.config.x_encoder, cfg.model)
         val = load_split(cfg.data, cfg.split)
         m, pred, sim = embedding_metrics(model, val)
         results["retrieval"] = m
@@ -323,18 +284,38 @@ def run_eval(cfg: EvalConfig) -> dict:
             )
         streams = read_streams(cfg.corpus)[: cfg.max_streams]
         embs = [embed_stream(model, cfg.corpus, s, cfg) for s in streams]
-        curve = selective_curve(model, streams, embs, cfg)
-        results["selective"] = {**curve, "summary": summarize_curve(curve)}
-        figures["plots/selective_decoding.png"] = curve_figure(curve)
+        results["selective"], figures["plots/selective_decoding.png"] = selective_results(
+            model, streams, embs, cfg
+        )
     results["seconds"] = time.perf_counter() - t0
     if cfg.log_mlflow:
         results["run_id"] = _log(cfg, results, figures)
     return results
 
 
-def _log(cfg: EvalConfig, results: dict, figures: dict) -> str:
-    from mlflow import MlflowClient
+def run_token_eval(model_dir: str, cfg: EvalConfig) -> dict:
+    """`vljepa eval` of a token-prediction model (`--objective tokens`): captioning CIDEr-D and
+    zero-shot classification on the features' split (`token_model_metrics`). Retrieval and
+    selective decoding need an embedding space, which this model does not have."""
+    from jepa.token_model import TokenVLM
+    from pipelines import features
 
+    if cfg.corpus:
+        raise features.IncompatibleFeatures(
+            f"{cfg.model} is a token-prediction model (objective: tokens): selective decoding "
+            "needs an embedding stream; evaluate it with --data only"
+        )
+    model = TokenVLM.from_pretrained(model_dir)
+    results: dict = {"model": cfg.model, "objective": "tokens"}
+    if cfg.data:
+        features.check_model_x_encoder(features.load(cfg.data), model.config.x_encoder, cfg.model)
+        m = token_model_metrics(model, load_split(cfg.data, cfg.split))
+        m.pop("texts")
+        results.update(m)
+    return results
+
+
+def _log(cfg: EvalConfig, results: dict, figures: dict) -> str:
     from pipelines.train import tracking
 
     name = dt.datetime.now(dt.timezone.utc).strftime("vljepa-eval-%Y%m%d-%H%M%S")
@@ -347,6 +328,7 @@ def _log(cfg: EvalConfig, results: dict, figures: dict) -> str:
     )
     logger = tracking.StepLogger(cfg.tracking_uri, run_id, system_metrics=False)
     flat = {f"eval/{k}": v for k, v in results.get("retrieval", {}).items()}
+    flat.update({f"eval/{k}": v for k, v in results.get("classification", {}).items()})
     if "captioning" in results:
         flat["eval/captioning_cider"] = results["captioning"]["cider"]
     sel = results.get("selective")
@@ -359,15 +341,17 @@ def _log(cfg: EvalConfig, results: dict, figures: dict) -> str:
             }
         )
         for r in sel["rows"]:
+            if r.get("target_rate_hz") is None:  # the online point: in the summary
+                continue
             logger.log(
                 {
                     f"selective/{r['method']}_cider": r["cider"],
                     f"selective/{r['method']}_rate_hz": r["rate_hz"],
                 },
-                step=int(round(r["factor"] * 100)),
+                step=int(round(r["target_rate_hz"] * 100)),  # centi-Hz
             )
     logger.log(flat, step=0)
-    client = MlflowClient(cfg.tracking_uri)
+    client = tracking_store.client(cfg.tracking_uri)
     for path, fig in figures.items():
         client.log_figure(run_id, fig, path)
     client.log_text(run_id, json.dumps(results, indent=2, default=str), "eval_results.json")

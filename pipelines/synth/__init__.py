@@ -2,8 +2,9 @@
 
 Short clips of one event each (a big coloured ball moves, grows, vanishes, appears, changes colour;
 a lamp turns the room dark or bright), captions with word-disjoint paraphrases, a class label per
-clip for zero-shot classification, a balanced train/val split, and long streams of consecutive
-events with exact boundaries for selective decoding. See `corpus.py` for the output layout.
+clip for zero-shot classification, a balanced train/val split, and long streams for selective
+decoding: events of varied length (one action each, spread over its duration), pauses between
+some of them, and exact boundaries. See `corpus.py` for the output layout.
 """
 
 from .corpus import OutputError, SynthConfig, SynthSummary, generate, plan_clips

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipelines import storage
 
 from .events import CLASSES
-from .render import event_params, event_track, make_scene, render
+from .render import event_params, event_track, make_scene, render, still_track, stream_track
 from .writer import build_tar, encode_mp4, shard_members
 
 logger = logging.getLogger(__name__)
@@ -59,8 +59,13 @@ class SynthConfig(BaseModel):
     workers: int = Field(default_factory=lambda: min(2, os.cpu_count() or 1), ge=1, le=256)
     stream_events_min: int = Field(6, ge=1)
     stream_events_max: int = Field(10, ge=1)
-    event_clips_min: int = Field(3, ge=1, description="an event in a stream lasts this many clips")
-    event_clips_max: int = Field(6, ge=1)
+    event_seconds_min: float = Field(3.0, gt=0, description="a stream event lasts at least this")
+    event_seconds_max: float = Field(12.0, gt=0, description="and at most this (drawn uniformly)")
+    pause_probability: float = Field(
+        0.5, ge=0, le=1, description="chance of a pause (a still scene) between two events"
+    )
+    pause_seconds_min: float = Field(2.0, gt=0)
+    pause_seconds_max: float = Field(6.0, gt=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> SynthConfig:
@@ -73,8 +78,12 @@ class SynthConfig(BaseModel):
             )
         if self.stream_events_min > self.stream_events_max:
             raise ValueError("stream_events_min must be <= stream_events_max")
-        if self.event_clips_min > self.event_clips_max:
-            raise ValueError("event_clips_min must be <= event_clips_max")
+        if self.event_seconds_min > self.event_seconds_max:
+            raise ValueError("event_seconds_min must be <= event_seconds_max")
+        if round(self.event_seconds_min * self.fps) < 2:
+            raise ValueError("fps * event_seconds_min must be >= 2 frames")
+        if self.pause_seconds_min > self.pause_seconds_max:
+            raise ValueError("pause_seconds_min must be <= pause_seconds_max")
         return self
 
     @property
@@ -93,12 +102,14 @@ class SynthSummary:
     val: int = 0
     classes: int = 0
     stream_events: int = 0
+    stream_pauses: int = 0
     bytes: int = 0
 
     def line(self) -> str:
         return (
             f"wrote {self.clips} clips ({self.train} train / {self.val} val, {self.classes} classes)"
-            f" and {self.streams} streams ({self.stream_events} events) to {self.out}"
+            f" and {self.streams} streams ({self.stream_events} events, {self.stream_pauses} pauses)"
+            f" to {self.out}"
             f" in {self.seconds:.1f} s ({self.clips_per_s:.1f} clips/s, {self.bytes / 1e6:.1f} MB)"
         )
 
@@ -156,7 +167,9 @@ class _Task:
     frames: int
     class_index: int = -1
     events: tuple[int, int] = (6, 10)
-    event_clips: tuple[int, int] = (3, 6)
+    event_frames: tuple[int, int] = (24, 96)
+    pause_probability: float = 0.5
+    pause_frames: tuple[int, int] = (16, 48)
 
 
 def _render_clip(t: _Task) -> tuple[bytes, None]:
@@ -168,16 +181,21 @@ def _render_clip(t: _Task) -> tuple[bytes, None]:
 
 
 def _render_stream(t: _Task) -> tuple[bytes, dict]:
-    """One room, events back to back; each event repeats its clip-length action 3-6 times, so
-    every clip-aligned window inside an event looks like a training clip of that class."""
+    """One room, events of varied length (a whole number of frames drawn from `event_frames`),
+    each one action spread over its own duration (`render.stream_track`: nothing inside an
+    event repeats), and between some of them a pause: the scene held still in the state the
+    event left it, with no event and no caption. Boundaries are exact to the frame; events go
+    in `events`, pauses in `pauses`, and together they tile the stream. The last event is
+    lengthened by less than a clip so the stream lasts a whole number of clips."""
     rng = np.random.default_rng([t.seed, 1, t.index])
     scene = make_scene(rng, t.size)
     n_events = int(rng.integers(t.events[0], t.events[1] + 1))
     chunks: list[np.ndarray] = []
     events: list[dict] = []
+    pauses: list[dict] = []
     prev = -1
     offset = 0
-    for _ in range(n_events):
+    for k in range(n_events):
         if prev < 0:
             c = int(rng.integers(len(CLASSES)))
         else:  # never the same class twice in a row
@@ -186,22 +204,27 @@ def _render_stream(t: _Task) -> tuple[bytes, dict]:
         prev = c
         cls = CLASSES[c]
         params = event_params(cls, rng, t.size)
-        repeats = int(rng.integers(t.event_clips[0], t.event_clips[1] + 1))
-        start = offset
-        for _ in range(repeats):
-            track = event_track(cls, params, rng, t.size, t.frames)
-            chunks.append(render(scene, track, rng, frame_offset=offset))
-            offset += t.frames
+        n = int(rng.integers(t.event_frames[0], t.event_frames[1] + 1))
+        if k + 1 == n_events:  # end on a whole clip, so a stream cut into clips loses no frame
+            n += -(offset + n) % t.frames
+        track = stream_track(cls, params, rng, t.size, n)
+        chunks.append(render(scene, track, rng, frame_offset=offset))
         events.append(
             {
-                "start": start / t.fps,
-                "end": offset / t.fps,
+                "start": offset / t.fps,
+                "end": (offset + n) / t.fps,
                 "caption": cls.caption,
                 "paraphrases": list(cls.paraphrases),
                 "label": cls.label,
                 "class_index": cls.index,
             }
         )
+        offset += n
+        if k + 1 < n_events and rng.random() < t.pause_probability:
+            m = int(rng.integers(t.pause_frames[0], t.pause_frames[1] + 1))
+            chunks.append(render(scene, still_track(track, m), rng, frame_offset=offset))
+            pauses.append({"start": offset / t.fps, "end": (offset + m) / t.fps})
+            offset += m
     sid = f"stream-{t.index:04d}"
     record = {
         "id": sid,
@@ -211,6 +234,7 @@ def _render_stream(t: _Task) -> tuple[bytes, dict]:
         "frames": offset,
         "size": t.size,
         "events": events,
+        "pauses": pauses,
     }
     return encode_mp4(np.concatenate(chunks), t.fps, gop=t.frames), record
 
@@ -279,7 +303,15 @@ def generate(cfg: SynthConfig, progress: bool = False) -> SynthSummary:
     common = {"seed": cfg.seed, "size": cfg.size, "fps": cfg.fps, "frames": cfg.frames}
     spans = {
         "events": (cfg.stream_events_min, cfg.stream_events_max),
-        "event_clips": (cfg.event_clips_min, cfg.event_clips_max),
+        "event_frames": (
+            round(cfg.event_seconds_min * cfg.fps),
+            round(cfg.event_seconds_max * cfg.fps),
+        ),
+        "pause_probability": cfg.pause_probability,
+        "pause_frames": (
+            max(1, round(cfg.pause_seconds_min * cfg.fps)),
+            max(1, round(cfg.pause_seconds_max * cfg.fps)),
+        ),
     }
     # Streams first: they are the longest tasks, so the pool does not end on a straggler.
     tasks = [_Task("stream", index=i, **common, **spans) for i in range(cfg.streams)]
@@ -331,12 +363,14 @@ def generate(cfg: SynthConfig, progress: bool = False) -> SynthSummary:
 
     n_val = sum(r["split"] == "val" for r in clips)
     n_events = sum(len(s["events"]) for s in streams)
+    n_pauses = sum(len(s["pauses"]) for s in streams)
     success = {
         "clips": len(clips),
         "train": len(clips) - n_val,
         "val": n_val,
         "streams": len(streams),
         "stream_events": n_events,
+        "stream_pauses": n_pauses,
         "classes": len(CLASSES),
         "shards": n_shards,
         "config": cfg.model_dump(),
@@ -356,6 +390,7 @@ def generate(cfg: SynthConfig, progress: bool = False) -> SynthSummary:
         val=n_val,
         classes=len(CLASSES),
         stream_events=n_events,
+        stream_pauses=n_pauses,
         bytes=total_bytes,
     )
     logger.info("synth: %s", summary.line())

@@ -8,7 +8,7 @@ comes from the `np.random.Generator` handed in, so a clip is a pure function of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -137,6 +137,49 @@ def event_track(
     else:  # pragma: no cover - the vocabulary and the renderer are kept in step
         raise ValueError(f"unknown event kind {kind!r}")
     return Track(x=x, y=y, r=r, rgb=rgb.astype(np.float32), alpha=alpha, light=light)
+
+
+def stream_track(
+    cls: EventClass, params: dict, rng: np.random.Generator, size: int, frames: int
+) -> Track:
+    """One stream event: its action happens ONCE, spread over the event's own `frames` (any
+    length), with no periodic structure inside. Motion and growth cover the same distance as in a
+    training clip, only slower on a longer event; vanishing/appearing is a fade, the colour change
+    a blend and the lamp a dimmer, each running from the event's first frame to its last. So the
+    first and last frames of an event show the same change a training clip shows, and windows in
+    between show a part of it (the paper's streams: annotated actions of varied length)."""
+    track = event_track(cls, params, rng, size, frames)
+    ramp = np.linspace(0.0, 1.0, frames, dtype=np.float32)
+    kind = cls.kind
+    if kind == "vanishes":
+        return replace(track, alpha=1.0 - ramp)
+    if kind == "appears":
+        return replace(track, alpha=ramp)
+    if kind == "colour_change":
+        w = ramp[:, None]
+        rgb = params["rgb"][None, :] * (1 - w) + params["rgb_to"][None, :] * w
+        return replace(track, rgb=rgb.astype(np.float32))
+    if kind in ("lamp_off", "lamp_on"):
+        on = ramp if kind == "lamp_on" else 1.0 - ramp
+        return replace(track, light=(DARK + (1.0 - DARK) * on).astype(np.float32))
+    return track  # moves_*, grows: event_track already spreads them over `frames`
+
+
+def still_track(last: Track, frames: int) -> Track:
+    """A pause: the scene frozen in the state `last` ended in (nothing moves but the distractor
+    square and the sensor noise)."""
+
+    def hold(a: np.ndarray) -> np.ndarray:
+        return np.repeat(a[-1:], frames, axis=0)
+
+    return Track(
+        x=hold(last.x),
+        y=hold(last.y),
+        r=hold(last.r),
+        rgb=hold(last.rgb),
+        alpha=hold(last.alpha),
+        light=hold(last.light),
+    )
 
 
 def _box(cx: float, cy: float, r: float, size: int) -> tuple[slice, slice]:

@@ -11,28 +11,8 @@ from tests.helpers import cli_json
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
-
-@pytest.fixture(scope="module")
-def decoded_model(cli_module, trained_model, embedded_corpus):
-    res = trained_model.result
-    out = cli_module(
-        "train-decoder",
-        "--model",
-        f"models:/vljepa-test/{res.model_version}",
-        "--data",
-        embedded_corpus.features,
-        "--steps",
-        "250",
-        "--tracking-uri",
-        trained_model.tracking_uri,
-        "--experiment",
-        "vljepa-tests",
-        "--register-name",
-        "vljepa-test",
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return cli_json(out.stdout)
+# `decoded_model` (train-decoder on the acceptance run's model, a new registered version) is a
+# session fixture in tests/trained_models.py: tests/serve serves the same version.
 
 
 def test_decoder_is_trained_saved_with_the_model_and_registered(decoded_model, trained_model):
@@ -61,15 +41,19 @@ def test_decoder_is_trained_saved_with_the_model_and_registered(decoded_model, t
 def test_eval_retrieval_captioning_and_selective_decoding(
     cli_module, decoded_model, trained_model, embedded_corpus
 ):
-    """Eval runs every task through the registered model and logs the selective-decoding curve on
-    10 streams (87 events): adaptive decoding at the streams' event rate matches uniform decoding
-    at 2.85x that rate (the paper's ratio).
+    """Eval runs every task through the registered model and logs the selective-decoding curves
+    on 10 streams by the paper's protocol: uniform and adaptive at absolute rates, the model's
+    calibrated online detector as one more point, and the call ratio at equal CIDEr with a
+    bootstrap interval over streams.
 
-    Reported, not asserted: the call ratio at equal CIDEr and adaptive against uniform at the same
-    rate. The uniform curve is not monotonic on 87 events (on every model trained while building
-    this it was lower at 2.85x, a 3-window stride, than at 2x or no higher than at 4x), and on those
-    five models the two readings went either way by one to three events."""
+    What is asserted is the computation on the model's own curves (each point's ratio is the
+    linear reading of the printed uniform curve; the interval holds the point), not a ratio the
+    model must reach: on a few dozen events that reading moves by a rate step when one event
+    decodes differently (the figures are printed; tests/pipelines/test_selective_summary.py pins
+    the arithmetic on fixed inputs)."""
     from mlflow import MlflowClient
+
+    from pipelines.selective_eval import DEFAULT_RATES_HZ, uniform_calls_to_match
 
     out = cli_module(
         "eval",
@@ -83,26 +67,48 @@ def test_eval_retrieval_captioning_and_selective_decoding(
         trained_model.tracking_uri,
         "--experiment",
         "vljepa-tests",
-        timeout=600,
+        timeout=900,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     r = cli_json(out.stdout)
     assert r["retrieval"]["t2v_r1"] >= 0.9
     assert r["captioning"]["cider"] > 1.0
-    s = r["selective"]["summary"]
+    sel = r["selective"]
+    s = sel["summary"]
+    print(out.stderr[out.stderr.find("selective decoding:") :])
     print("selective decoding summary:", s)
-    assert s["adaptive_matches_uniform_at_ratio"] == 1.0, s
+    assert sel["segment_pool"] == "mean" and sel["detector_source"] == "model"
+    assert "rows" not in sel and "references" not in sel  # the bulky parts stay in MLflow
+    curves = sel["curves"]
+    assert [p["target_rate_hz"] for p in curves["uniform"]] == list(DEFAULT_RATES_HZ)
+    assert [p["target_rate_hz"] for p in curves["adaptive"]] == list(DEFAULT_RATES_HZ)
+    assert curves["online"]["calls"] >= sel["streams"]  # the detector fires at each start
+    uniform = [(p["calls"], p["cider"]) for p in curves["uniform"]]
+    for p in sel["points"]:
+        needed, bound = uniform_calls_to_match(uniform, p["cider"])
+        assert p["uniform_calls_to_match"] == needed and p["bound"] == bound, p
+        assert p["call_ratio"] == needed / p["calls"], p
+        if not bound:
+            assert p["ci_low"] <= p["call_ratio"] <= p["ci_high"], p
+    assert s["headline_rate_hz"] == 0.35 and s["bootstrap_resamples"] == 1000
+    assert s["adaptive_call_ratio_ci_low"] <= s["adaptive_call_ratio_ci_high"]
+    assert "online_call_ratio" in s
+    assert "call ratio at equal CIDEr, adaptive at 0.35 Hz" in out.stderr
     client = MlflowClient(trained_model.tracking_uri)
     names = {a.path for a in client.list_artifacts(r["run_id"], "plots")}
     assert {"plots/selective_decoding.png", "plots/eval_similarity.png"} <= names
     hist = client.get_metric_history(r["run_id"], "selective/adaptive_cider")
     assert len(hist) >= 5
+    metrics = client.get_run(r["run_id"]).data.metrics
+    assert metrics["selective/adaptive_call_ratio"] == pytest.approx(s["adaptive_call_ratio"])
+    assert "selective/online_cider" in metrics
 
 
-def test_eval_segment_pool_flag_reaches_the_curve(
+def test_eval_segment_pool_and_rates_flags_reach_the_curve(
     cli_module, decoded_model, trained_model, embedded_corpus
 ):
-    """`--segment-pool mean` (the paper's plain average) is what the curve was computed with."""
+    """`--segment-pool trimmed` (the option; the paper's mean is the default), `--rates` and
+    `--bootstrap` are what the curves were computed with."""
     out = cli_module(
         "eval",
         "--model",
@@ -112,7 +118,11 @@ def test_eval_segment_pool_flag_reaches_the_curve(
         "--max-streams",
         "2",
         "--segment-pool",
-        "mean",
+        "trimmed",
+        "--rates",
+        "0.5,0.35,0.1",
+        "--bootstrap",
+        "0",
         "--tracking-uri",
         trained_model.tracking_uri,
         "--no-mlflow",
@@ -120,6 +130,12 @@ def test_eval_segment_pool_flag_reaches_the_curve(
     )
     assert out.returncode == 0, out.stderr[-3000:]
     r = cli_json(out.stdout)
-    assert r["selective"]["segment_pool"] == "mean"
-    assert r["selective"]["events"] < 30  # two streams of 6-10 events, not all ten
+    sel = r["selective"]
+    assert sel["segment_pool"] == "trimmed"
+    assert sel["streams"] == 2
+    assert sel["events"] < 30  # two streams of 6-10 events, not all ten
+    assert [p["target_rate_hz"] for p in sel["curves"]["adaptive"]] == [0.5, 0.35, 0.1]
+    assert all(p["ci_low"] is None for p in sel["points"])
+    assert "adaptive_call_ratio" in sel["summary"]
+    assert "adaptive_call_ratio_ci_low" not in sel["summary"]
     assert "retrieval" not in r and "run_id" not in r

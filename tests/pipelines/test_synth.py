@@ -164,23 +164,90 @@ def test_paraphrases_share_meaning_not_words(corpus: Path) -> None:
             assert not (set(p.split()) & caption_words), (r["caption"], p)
 
 
-def test_streams_have_contiguous_ground_truth_visible_in_pixels(corpus: Path) -> None:
+def _progress(label: str, frames: np.ndarray) -> np.ndarray:
+    """How far an event's one change has gone, per frame (rising from start to end): the
+    ball's position, size, saturation or colour, or the room's brightness."""
+    kind = BY_LABEL[label].kind
+    if kind in ("moves_left", "moves_right"):
+        x = np.array([centroid_x(f) for f in frames])
+        return -x if kind == "moves_left" else x
+    if kind == "grows":
+        return np.array([area(f) for f in frames])
+    if kind in ("vanishes", "appears"):  # a fade: the ball's saturation over the whole frame
+        f = frames.astype(np.int16)
+        sat = (f.max(axis=-1) - f.min(axis=-1)).reshape(len(frames), -1)
+        level = np.where(sat > 60, sat, 0).mean(axis=1)
+        return -level if kind == "vanishes" else level
+    if kind == "colour_change":  # a blend, on the pixels of the (still) ball
+        cls = BY_LABEL[label]
+        a, b = np.array(COLOURS[cls.colour], float), np.array(COLOURS[cls.colour_to], float)
+        ball = object_mask(frames[0])
+        rgb = np.array([f[ball].astype(float).mean(axis=0) for f in frames])
+        return (rgb - a) @ (b - a) / float((b - a) @ (b - a))
+    brightness = frames.reshape(len(frames), -1).mean(axis=1)  # the lamp: a dimmer
+    return -brightness if kind == "lamp_off" else brightness
+
+
+def test_streams_have_exact_ground_truth_visible_in_pixels(corpus: Path) -> None:
+    """Events of varied length with pauses between some of them; events and pauses tile the
+    stream exactly (to the frame) and the stream is a whole number of 2 s clips."""
     streams = read_jsonl(corpus / "streams.jsonl")
     assert len(streams) == 5
     for s in streams:
         frames = decode(corpus / s["video"])
         assert frames.shape == (s["frames"], SIZE, SIZE, 3)
         assert s["duration"] == pytest.approx(len(frames) / s["fps"])
-        events = s["events"]
+        assert s["frames"] % FRAMES == 0  # cut into 2 s clips, no frame is left over
+        events, pauses = s["events"], s["pauses"]
         assert 6 <= len(events) <= 10
-        assert events[0]["start"] == 0 and events[-1]["end"] == pytest.approx(s["duration"])
+        spans = sorted([("event", e) for e in events] + [("pause", p) for p in pauses],
+                       key=lambda x: x[1]["start"])  # fmt: skip
+        assert spans[0][0] == spans[-1][0] == "event"  # pauses only between events
+        assert spans[0][1]["start"] == 0 and spans[-1][1]["end"] == pytest.approx(s["duration"])
+        for (ka, a), (kb, b) in zip(spans, spans[1:], strict=False):
+            assert a["end"] == b["start"] and not (ka == kb == "pause")
         for a, b in zip(events, events[1:], strict=False):
-            assert a["end"] == b["start"] and a["label"] != b["label"]
-        for e in events:
-            assert 6 <= e["end"] - e["start"] <= 12 and len(e["paraphrases"]) >= 3
+            assert a["label"] != b["label"]
+        for i, e in enumerate(events):
+            length = e["end"] - e["start"]
+            longest = 12 + (2 if i == len(events) - 1 else 0)  # the last ends on a whole clip
+            assert 3 <= length < longest + 1e-9 and len(e["paraphrases"]) >= 3
+            assert (e["start"] * FPS).is_integer() and (e["end"] * FPS).is_integer()
             lo, hi = round(e["start"] * FPS), round(e["end"] * FPS)
-            check_event(e["label"], frames[lo : lo + FRAMES])  # first window of the event
-            check_event(e["label"], frames[hi - FRAMES : hi])  # and its last
+            check_event(e["label"], frames[lo:hi])  # its first and last frames show the change
+        for p in pauses:  # no caption: nothing happens
+            assert set(p) == {"start", "end"} and 2 <= p["end"] - p["start"] <= 6
+            lo, hi = round(p["start"] * FPS), round(p["end"] * FPS)
+            light = frames[lo:hi].reshape(hi - lo, -1).mean(axis=1)
+            assert np.ptp(light) < 1.5, p  # the room's light holds (noise, the grey square)
+            assert np.ptp([area(f) for f in frames[lo:hi]]) < 0.003, p  # the ball holds
+            before = frames[lo - 1]  # the scene holds the state the event before ended in
+            assert abs(area(before) - area(frames[lo])) < 0.003, p
+
+
+def test_stream_events_vary_in_length_and_never_repeat_inside(corpus: Path) -> None:
+    """The paper's protocol: no event is a 2 s action repeated. Lengths vary and mostly do not
+    fall on the 2 s clip grid; inside an event its change runs once, from the first frame to
+    the last (monotonic progress sampled every 0.5 s), so no window repeats an earlier one."""
+    streams = read_jsonl(corpus / "streams.jsonl")
+    lengths = [e["end"] - e["start"] for s in streams for e in s["events"]]
+    assert len(set(lengths)) >= 0.6 * len(lengths), lengths
+    off_grid = [x for x in lengths if not (x / 2).is_integer()]
+    assert len(off_grid) >= 0.5 * len(lengths), lengths
+    assert max(lengths) - min(lengths) >= 5, lengths
+    assert sum(len(s["pauses"]) for s in streams) >= 3  # pauses present
+    for s in streams:
+        frames = decode(corpus / s["video"])
+        for e in s["events"]:
+            lo, hi = round(e["start"] * FPS), round(e["end"] * FPS)
+            idx = np.unique(np.r_[np.arange(lo, hi, FPS // 2), hi - 1])
+            prog = _progress(e["label"], frames[idx])
+            span = prog[-1] - prog[0]
+            assert span > 0, (e["label"], prog)
+            steps = np.diff(prog)
+            assert (steps >= -0.05 * span).all(), (e["label"], prog.round(3))
+            # spread over the whole event: no 2 s stretch carries the whole change
+            assert steps.max() < 0.9 * span, (e["label"], prog.round(3))
 
 
 def test_webdataset_shards_in_video2dataset_layout(corpus: Path) -> None:
@@ -297,7 +364,8 @@ def test_s3_output_round_trip(s3) -> None:
     out = s3.uri(f"synth-{uuid.uuid4().hex[:8]}")
     cfg = SynthConfig(
         out=out, clips=6, streams=1, workers=1, webdataset=True, shard_size=4,
-        stream_events_min=2, stream_events_max=2, event_clips_min=1, event_clips_max=1,
+        stream_events_min=2, stream_events_max=2, event_seconds_min=2, event_seconds_max=2,
+        pause_probability=0,
     )  # fmt: skip
     summary = generate(cfg)
     assert summary.clips == 6 and summary.out == out
