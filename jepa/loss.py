@@ -1,9 +1,12 @@
-"""Bidirectional InfoNCE between predicted and target embeddings, and collapse diagnostics.
+"""Bidirectional InfoNCE between predicted and target embeddings, the regression losses of the
+paper's loss ablation, and collapse diagnostics.
 
 InfoNCE is the paper's only training signal: its alignment term pulls each prediction to its
 own caption embedding and its uniformity term (the softmax over negatives) keeps the embedding
-space from collapsing, which is why no other regulariser is needed. The diagnostics make a
-collapse visible in the logs before retrieval metrics would.
+space from collapsing, which is why no other regulariser is needed. Cosine and L2 regression
+(`cosine_regression`, `l2_regression`) have the alignment term only: with a trainable Y-encoder
+nothing stops both towers from agreeing on one point, which is what the ablation measures. The
+diagnostics make a collapse visible in the logs before retrieval metrics would.
 """
 
 from __future__ import annotations
@@ -60,6 +63,71 @@ def info_nce(
         lp, lt = logits_p2t, logits_t2p
     loss = 0.5 * (F.cross_entropy(lp, labels) + F.cross_entropy(lt, labels))
     return loss, logits_p2t
+
+
+def cosine_regression(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    *,
+    all_target: torch.Tensor | None = None,
+    all_pred: torch.Tensor | None = None,
+    offset: int = 0,
+    keys: torch.Tensor | None = None,
+    all_keys: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (1 - cos(pred_i, target_i)) over the batch; returns (loss, pred->target logits B x M).
+
+    Same signature as `info_nce` so the trainer can swap it in: only the positive pairs enter the
+    loss (no negatives, hence no uniformity term); the gathered tensors, `keys` and
+    `logit_scale` only shape the diagnostic logits, computed as `info_nce` computes them.
+    """
+    p = F.normalize(pred.float(), dim=-1)
+    t = F.normalize(target.float(), dim=-1)
+    loss = (1.0 - (p * t).sum(-1)).mean()
+    return loss, _diagnostic_logits(p, all_target, t, offset, logit_scale)
+
+
+def l2_regression(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    *,
+    all_target: torch.Tensor | None = None,
+    all_pred: torch.Tensor | None = None,
+    offset: int = 0,
+    keys: torch.Tensor | None = None,
+    all_keys: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean squared Euclidean distance |p_i - t_i|^2 between the L2-normalised embeddings;
+    returns (loss, pred->target logits B x M) like `cosine_regression`.
+
+    On unit vectors |p - t|^2 = 2 (1 - cos(p, t)): this is exactly twice `cosine_regression`,
+    so with a scale-invariant optimizer (Adam) the two train almost identically; it is kept as
+    its own choice because that equivalence is itself what the ablation shows.
+    """
+    p = F.normalize(pred.float(), dim=-1)
+    t = F.normalize(target.float(), dim=-1)
+    loss = (p - t).pow(2).sum(-1).mean()
+    return loss, _diagnostic_logits(p, all_target, t, offset, logit_scale)
+
+
+def _diagnostic_logits(p, all_target, t, offset, logit_scale) -> torch.Tensor:
+    at = t if all_target is None else _splice(F.normalize(all_target.float(), dim=-1), t, offset)
+    scale = torch.as_tensor(logit_scale, dtype=p.dtype, device=p.device)
+    return (scale * p @ at.T).detach()
+
+
+# The embedding objective's losses by `TrainConfig.loss` name.
+LOSSES = {"infonce": info_nce, "cosine": cosine_regression, "l2": l2_regression}
+
+
+def get_loss(name: str):
+    """The loss function for a `TrainConfig.loss` name (ValueError on an unknown one)."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}") from None
 
 
 def false_negative_mask(

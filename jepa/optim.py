@@ -3,7 +3,9 @@
 One rule in one place: the Y-encoder learns at `y_lr_mult` x the predictor's rate (the paper's
 0.05: its pretrained text space should move slowly), and biases, norms and scalars (the logit
 scale) get no weight decay. The frozen X-encoder and the separately trained Y-decoder are in no
-group. Works on a plain module or on one already sharded by FSDP2 (DTensor parameters).
+group, and neither is the Y-encoder at `y_lr_mult == 0` (frozen: no update and no optimizer
+state, rather than a group at lr 0 whose AdamW moments would still be kept). Works on a plain
+module or on one already sharded by FSDP2 (DTensor parameters).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ def adamw_param_groups(
         if not p.requires_grad or name.startswith(EXCLUDED_PREFIXES):
             continue
         tower = "y_encoder" if name.startswith("y_encoder.") else "predictor"
+        if tower == "y_encoder" and y_lr_mult == 0:
+            continue
         kind = "decay" if p.ndim >= 2 else "no_decay"
         buckets.setdefault(f"{tower}.{kind}", []).append(p)
     groups = []

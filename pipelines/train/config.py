@@ -46,6 +46,17 @@ class TrainConfig(BaseModel):
     )
     # model: the preset gives the predictor and Y-encoder; the X-encoder (and its sampling)
     # always comes from the features' metadata
+    objective: Literal["embedding", "tokens"] = Field(
+        "embedding",
+        description="what the predictor learns to output: 'embedding' (VL-JEPA: the Y-encoder's "
+        "embedding of the caption) or 'tokens' (the baseline VLM: the same predictor layers, "
+        "causal over the caption, an LM head, cross-entropy on the caption tokens)",
+    )
+    loss: Literal["infonce", "cosine", "l2"] = Field(
+        "infonce",
+        description="embedding objective's loss: bidirectional InfoNCE, or cosine / L2 regression "
+        "on the normalised embeddings (the paper's loss ablation)",
+    )
     preset: str = Field("tiny", description="model preset: " + ", ".join(PRESETS))
     predictor: str | None = Field(
         None, description="pretrained Llama for the predictor: hub name or local folder"
@@ -140,6 +151,11 @@ class TrainConfig(BaseModel):
         for k, v in {**DEFAULT_TRAINING, **PRESET_TRAINING.get(self.preset, {})}.items():
             if getattr(self, k) is None:
                 object.__setattr__(self, k, v)
+        if self.objective == "tokens" and self.loss != "infonce":
+            raise ValueError(
+                f"loss {self.loss!r} is a loss of the embedding objective; --objective tokens "
+                "trains with cross-entropy on the caption tokens"
+            )
         if self.predictor_layers is not None and self.predictor is None:
             raise ValueError("predictor_layers needs predictor (a pretrained Llama to cut)")
         if self.fail_at_step is not None and self.fail_marker is None:
@@ -173,6 +189,10 @@ class TrainConfig(BaseModel):
             if value is not None:
                 setattr(cfg, name, value)
         check_tokenizer(features, cfg.y_encoder)
+        if self.objective == "tokens":
+            from pipelines.features import check_caption_tokenizer
+
+            check_caption_tokenizer(features, cfg.predictor)
         return cfg
 
     @property

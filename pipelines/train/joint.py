@@ -44,6 +44,11 @@ class JointEmbedding(nn.Module):
         # checkpoints (set train_query_embeddings for query training).
         if not train_query_embeddings:
             self.predictor.llama.embed_tokens.requires_grad_(False)
+        # `y_lr_mult == 0` freezes the Y-encoder outright: no gradient is computed for it and it
+        # is in no optimizer group (the targets are then the pretrained text space + its head's
+        # initialisation, as in the paper's frozen-Y-encoder ablation).
+        if cfg.y_lr_mult == 0:
+            self.y_encoder.requires_grad_(False)
         init = torch.tensor([math.log(1.0 / cfg.temperature)])
         # 1-element (not 0-d) so FSDP2 can shard it on dim 0 like every other parameter.
         if cfg.learnable_temperature:

@@ -5,6 +5,12 @@ embeddings all-gathered across ranks -> InfoNCE of this rank's rows against ever
 (B x N*B logits) -> backward (gradient sync only on the last micro-batch) -> clip -> AdamW. Rank 0
 streams metrics to MLflow; every rank writes its DCP shard at checkpoints. A restarted worker group
 resumes from the latest reported checkpoint, so the step count continues.
+
+`objective="tokens"` trains the token-prediction baseline (`jepa.token_model.TokenVLM`) through
+the same loop: the same micro-batches in the same order, optimizer groups, schedule, clipping,
+FSDP2 wrapping of the Llama blocks, DCP checkpoints and MLflow stream; only the step's forward
+(teacher-forced cross-entropy on the caption ids, no cross-rank gather) and the validation
+(cross-entropy and zero-shot classification by label likelihood) differ.
 """
 
 from __future__ import annotations
@@ -80,6 +86,28 @@ def train_step(model, optimizer, micro_batches, cfg: TrainConfig, device, loss_f
     return {"loss": float(np.mean(losses)), "grad_norm": grad_norm, **last}
 
 
+def token_train_step(model, optimizer, micro_batches, cfg: TrainConfig, device) -> dict:
+    """`train_step` for the token objective: the model's forward is the caption cross-entropy."""
+    optimizer.zero_grad(set_to_none=True)
+    losses = []
+    for i, batch in enumerate(micro_batches):
+        if hasattr(model, "set_requires_gradient_sync"):
+            model.set_requires_gradient_sync(i == len(micro_batches) - 1)
+        loss = model(
+            batch["x_tokens"].to(device, non_blocking=True),
+            batch["input_ids"].to(device, non_blocking=True),
+            batch["attention_mask"].to(device, non_blocking=True),
+        )
+        (loss / len(micro_batches)).backward()
+        losses.append(float(loss.detach()))
+    grad_norm = None
+    if cfg.grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    optimizer.step()
+    return {"loss": float(np.mean(losses)), "grad_norm": grad_norm}
+
+
 @torch.no_grad()
 def validate(model, val: dict, cfg: TrainConfig, device, tokenize_labels) -> dict:
     """Retrieval both ways and zero-shot classification on the whole val split.
@@ -128,12 +156,48 @@ def validate(model, val: dict, cfg: TrainConfig, device, tokenize_labels) -> dic
     out = {f"val/t2v_{_rk(k)}": float(val_) for k, val_ in t2v.items()}
     out.update({f"val/v2t_{_rk(k)}": float(val_) for k, val_ in v2t.items()})
     out["val/zero_shot_acc"] = float(zs)
+    out["val/zero_shot_top5"] = float(metrics.zero_shot_accuracy(v, lab, true_idx, k=5))
     out["val/clips"] = float(len(captions))
     out["val/queries"] = float(len(uniq))
     # Similarity heatmap input: queries in caption order, clips sorted by their caption.
     order = np.argsort([uid[c] for c in captions], kind="stable")
     out["_sim"] = sim_tv[:, order]
     return out
+
+
+@torch.no_grad()
+def validate_tokens(model, val: dict, cfg: TrainConfig, device) -> dict:
+    """The token objective's validation on the whole val split: teacher-forced cross-entropy per
+    caption token, and zero-shot classification by label likelihood (`TokenVLM`'s protocol:
+    mean log-prob of the class name as the caption). Every rank runs it (FSDP)."""
+    from jepa import metrics
+    from jepa.token_model import class_text
+
+    model.eval()
+    try:
+        x_all = val["x_tokens"]
+        if len(x_all) == 0:
+            return {}
+        total = count = 0.0
+        names = sorted(set(val["labels"]))
+        scores = []
+        for i in range(0, len(x_all), 64):
+            x = torch.as_tensor(np.ascontiguousarray(x_all[i : i + 64])).to(device)
+            ids, mask = pad_ids(val["caption_ids"][i : i + 64], cfg.max_text_len)
+            n = float(mask[:, 1:].sum())
+            total += float(model(x, ids.to(device), mask.to(device))) * n
+            count += n
+            scores.append(model.label_log_likelihood(x, [class_text(c) for c in names]))
+    finally:
+        model.train()
+    s = torch.cat(scores)
+    truth = [names.index(lbl) for lbl in val["labels"]]
+    return {
+        "val/loss": total / max(1.0, count),
+        "val/zero_shot_acc": metrics.top_k_accuracy(s, truth, 1),
+        "val/zero_shot_top5": metrics.top_k_accuracy(s, truth, 5),
+        "val/clips": float(len(truth)),
+    }
 
 
 def _rk(k) -> str:
@@ -147,7 +211,7 @@ def train_func(config: dict) -> None:
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     from jepa.config import VLJEPAConfig
-    from jepa.loss import collapse_diagnostics, info_nce
+    from jepa.loss import collapse_diagnostics, get_loss
     from pipelines.train.joint import JointEmbedding
     from pipelines.train.parallelize import apply_fsdp, build_mesh, sharding_report
 
@@ -165,9 +229,22 @@ def train_func(config: dict) -> None:
         torch.set_num_threads(max(1, int(os.environ.get("VLJEPA_TORCH_THREADS", "1"))))
     torch.manual_seed(cfg.seed)
 
-    model = JointEmbedding(model_cfg).to(device)
+    tokens = cfg.objective == "tokens"
+    if tokens:
+        from jepa.token_model import TokenVLM
+
+        model = TokenVLM.from_config(model_cfg).to(device)
+        sharded: tuple[str, ...] = ("llama",)
+    else:
+        model = JointEmbedding(model_cfg).to(device)
+        sharded = ("predictor", "y_encoder")
+    loss_fn = get_loss(cfg.loss)
     mesh = build_mesh(cfg.gpus)
-    apply_fsdp(model, mesh, bf16=cfg.gpus and cfg.mixed_precision)
+    apply_fsdp(model, mesh, sharded_children=sharded, bf16=cfg.gpus and cfg.mixed_precision)
+    if tokens:  # validation calls it on the sharded root: unshard around it like a forward
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        register_fsdp_forward_method(model, "label_log_likelihood")
     report = sharding_report(model)
     optimizer = torch.optim.AdamW(model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr)
     # Materialise AdamW's state for every parameter now (a zero-lr step; DCP's own helper), so
@@ -213,10 +290,9 @@ def train_func(config: dict) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")
     val = read_val(ray.train.get_dataset_shard("val"))
-    y_tok = model.y_encoder.tokenize
 
     def tokenize_labels(names):
-        return y_tok(names, max_length=cfg.max_text_len)
+        return model.y_encoder.tokenize(names, max_length=cfg.max_text_len)
 
     step, epoch = start_step, start_step  # the epoch number only seeds shuffling
     samples = 0
@@ -233,7 +309,10 @@ def train_func(config: dict) -> None:
                 continue
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * lr_factor(step, cfg)
-            out = train_step(model, optimizer, micro, cfg, device, info_nce)
+            if tokens:
+                out = token_train_step(model, optimizer, micro, cfg, device)
+            else:
+                out = train_step(model, optimizer, micro, cfg, device, loss_fn)
             micro = []
             step += 1
             n = cfg.batch_size * cfg.grad_accum * world
@@ -246,18 +325,27 @@ def train_func(config: dict) -> None:
                 m = {
                     "train/loss": loss,
                     "train/lr": optimizer.param_groups[0]["lr"],
-                    "train/lr_y_encoder": min(g["lr"] for g in optimizer.param_groups),
-                    "train/temperature": 1.0 / out["scale"],
                     "train/samples_per_s": window_samples / max(1e-9, now - window_t),
                     "train/samples": float(samples + start_step * n),
-                    "train/logits_cols": float(out["logits_shape"][1]),
-                    "train/logits_rows": float(out["logits_shape"][0]),
                 }
                 if out["grad_norm"] is not None:
                     m["train/grad_norm"] = out["grad_norm"]
-                for prefix, z in (("pred", out["pred"]), ("target", out["target"])):
-                    d = collapse_diagnostics(z, out["target"] if prefix == "pred" else None)
-                    m.update({f"collapse/{prefix}_{k}": v for k, v in d.items()})
+                if not tokens:
+                    # 0 when the Y-encoder is frozen (y_lr_mult 0: it has no group at all)
+                    m["train/lr_y_encoder"] = next(
+                        (
+                            g["lr"]
+                            for g in optimizer.param_groups
+                            if g.get("name", "").startswith("y_encoder.")
+                        ),
+                        0.0,
+                    )
+                    m["train/temperature"] = 1.0 / out["scale"]
+                    m["train/logits_cols"] = float(out["logits_shape"][1])
+                    m["train/logits_rows"] = float(out["logits_shape"][0])
+                    for prefix, z in (("pred", out["pred"]), ("target", out["target"])):
+                        d = collapse_diagnostics(z, out["target"] if prefix == "pred" else None)
+                        m.update({f"collapse/{prefix}_{k}": v for k, v in d.items()})
                 window_t, window_samples = now, 0
                 last_metrics.update(m)
                 if logger:
@@ -267,7 +355,10 @@ def train_func(config: dict) -> None:
                     )
             final = step == cfg.steps
             if step % cfg.val_every == 0 or final:
-                vm = validate(model, val, cfg, device, tokenize_labels)
+                if tokens:
+                    vm = validate_tokens(model, val, cfg, device)
+                else:
+                    vm = validate(model, val, cfg, device, tokenize_labels)
                 sim = vm.pop("_sim", None)
                 last_metrics.update(vm)
                 if logger and vm:
@@ -289,7 +380,12 @@ def train_func(config: dict) -> None:
                         "samples": samples,
                         "resumed_from": resumed_from,
                         "elapsed_s": time.perf_counter() - t0,
-                        "logits_shape": list(out["logits_shape"]),
+                        "objective": cfg.objective,
+                        **(
+                            {"logits_shape": list(out["logits_shape"])}
+                            if "logits_shape" in out
+                            else {}
+                        ),
                         "fsdp": {k: report[k] for k in ("dtensor_params", "params", "mesh_size")},
                         "local_numel": report["local_numel"],
                         "global_numel": report["global_numel"],

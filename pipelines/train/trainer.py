@@ -4,7 +4,9 @@ The driver does everything that must happen exactly once (the run's params, the 
 export, the registry entry, the plots); the workers do only what scales (the steps). The export
 rebuilds the full VLJEPA (X-encoder included, from the same config and seed the features were
 embedded with) and loads the trained predictor, Y-encoder and logit scale from the last DCP
-checkpoint in one process: DCP reads sharded checkpoints without a process group.
+checkpoint in one process: DCP reads sharded checkpoints without a process group. A run with
+`objective="tokens"` exports the token-prediction baseline instead (`export_tokens`: a
+`jepa.token_model.TokenVLM` directory whose config says `"objective": "tokens"`).
 """
 
 from __future__ import annotations
@@ -45,13 +47,18 @@ def _run_config(cfg: TrainConfig, name: str):
         storage_filesystem=fs if storage.is_s3(cfg.storage) else None,
         failure_config=FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-        worker_runtime_env={"env_vars": _worker_env()},
+        worker_runtime_env={"env_vars": _worker_env(cfg.tracking_uri)},
     )
 
 
-def _worker_env() -> dict[str, str]:
+def _worker_env(tracking_uri: str) -> dict[str, str]:
+    """What the workers need from this process: S3 and hub settings, and the run's store (so
+    anything in a worker that reaches MLflow reaches the same one)."""
+    from pipelines import tracking_store
+
     keep = ("AWS_", "MLFLOW_", "HF_", "VLJEPA_", "TRANSFORMERS_")
     env = {k: v for k, v in os.environ.items() if k.startswith(keep)}
+    env.update(tracking_store.worker_env(tracking_uri))
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
@@ -72,6 +79,13 @@ def run_training(cfg: TrainConfig) -> TrainResult:
 
     features = feats.load(cfg.data)
     model_cfg = cfg.build_model_config(features)
+    counts = feats.split_counts(features)
+    n_train, per_step = counts.get(cfg.train_split, 0), cfg.global_batch
+    if n_train < per_step:
+        raise feats.IncompatibleFeatures(
+            f"{cfg.data} has {n_train} rows with split={cfg.train_split!r} (splits: "
+            f"{counts or 'none'}); one step needs workers x batch_size x grad_accum = {per_step}"
+        )
     meta = features.metadata
     log.info("features: %s", features.describe())
     storage.check_writable(cfg.storage)
@@ -86,7 +100,12 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         cfg.experiment,
         name,
         params,
-        tags={"vljepa.job": "train", "vljepa.preset": cfg.preset, "mlflow.runName": name},
+        tags={
+            "vljepa.job": "train",
+            "vljepa.preset": cfg.preset,
+            "vljepa.objective": cfg.objective,
+            "mlflow.runName": name,
+        },
     )
     log.info("MLflow run %s in %s (%s)", run_id, cfg.experiment, cfg.tracking_uri)
 
@@ -128,7 +147,10 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         from pipelines.train.checkpoint import read_state
 
         state = read_state(d)
-        model = export(model_cfg, d, export_dir, calibrate_on=cfg.data, val_split=cfg.val_split)
+        if cfg.objective == "tokens":
+            model = export_tokens(model_cfg, d, export_dir)
+        else:
+            model = export(model_cfg, d, export_dir, calibrate_on=cfg.data, val_split=cfg.val_split)
     if model.config.detector is not None:
         client.log_dict(run_id, model.config.detector.model_dump(), "detector.json")
         client.log_metric(run_id, "detector/threshold", model.config.detector.threshold)
@@ -139,18 +161,30 @@ def run_training(cfg: TrainConfig) -> TrainResult:
             cfg.tracking_uri,
             run_id,
             cfg.register_name,
-            tags={"preset": cfg.preset, "step": str(state["step"])},
+            tags={"preset": cfg.preset, "step": str(state["step"]), "objective": cfg.objective},
         )
         version = str(mv.version)
-    for keys, path, title in (
-        (["train/loss"], "plots/loss.png", "InfoNCE loss"),
-        (
-            ["val/t2v_r1", "val/t2v_r5", "val/v2t_r1", "val/zero_shot_acc"],
-            "plots/validation.png",
-            "validation",
-        ),
-        (["collapse/pred_std", "collapse/target_std"], "plots/collapse_std.png", "embedding std"),
-    ):
+    if cfg.objective == "tokens":
+        plots = [
+            (["train/loss"], "plots/loss.png", "caption cross-entropy"),
+            (["val/zero_shot_acc", "val/zero_shot_top5"], "plots/validation.png", "validation"),
+            (["val/loss"], "plots/val_loss.png", "val caption cross-entropy"),
+        ]
+    else:
+        plots = [
+            (["train/loss"], "plots/loss.png", f"{cfg.loss} loss"),
+            (
+                ["val/t2v_r1", "val/t2v_r5", "val/v2t_r1", "val/zero_shot_acc"],
+                "plots/validation.png",
+                "validation",
+            ),
+            (
+                ["collapse/pred_std", "collapse/target_std"],
+                "plots/collapse_std.png",
+                "embedding std",
+            ),
+        ]
+    for keys, path, title in plots:
         tracking.plot_curves(cfg.tracking_uri, run_id, keys, path, title)
     client.log_text(run_id, json.dumps(state, indent=2), "train_state.json")
     client.set_terminated(run_id, "FINISHED")
@@ -202,6 +236,20 @@ def export(
         calibrate(model, calibrate_on, val_split)
     model.save_pretrained(out_dir)
     log.info("exported the trained model to %s", out_dir)
+    return model
+
+
+def export_tokens(model_cfg, checkpoint_dir: str, out_dir: str):
+    """Consolidate a token-objective checkpoint into a `TokenVLM.save_pretrained` directory
+    (no X-encoder, no detector: it has no embedding stream to decode selectively)."""
+    from jepa.token_model import TokenVLM
+    from pipelines.train.checkpoint import load_model_weights
+
+    model = TokenVLM.from_config(model_cfg, load_pretrained=False)
+    load_model_weights(checkpoint_dir, model)
+    model.eval()
+    model.save_pretrained(out_dir)
+    log.info("exported the trained token-prediction model to %s", out_dir)
     return model
 
 

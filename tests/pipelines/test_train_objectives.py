@@ -1,0 +1,89 @@
+"""The training config's objective and loss choices, and a frozen Y-encoder (`--y-lr-mult 0`)
+that really is frozen: no gradient, no update, no optimizer state. No Ray, a few seconds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jepa.config import VLJEPAConfig
+from jepa.loss import get_loss
+from pipelines.features import Features, IncompatibleFeatures, check_caption_tokenizer
+from pipelines.train.config import TrainConfig
+from pipelines.train.joint import JointEmbedding
+
+
+def _step(model: JointEmbedding, loss_name: str = "infonce") -> torch.optim.Optimizer:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 128, 192, generator=g)
+    ids = torch.randint(1000, 2000, (4, 6), generator=g)
+    mask = torch.ones_like(ids)
+    opt = torch.optim.AdamW(model.param_groups(1e-2, 0.05))
+    pred, target, scale = model(x, ids, mask)
+    loss, _ = get_loss(loss_name)(pred, target, scale)
+    loss.backward()
+    opt.step()
+    return opt
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("mult", [0.0, 0.05])
+def test_y_lr_mult_zero_freezes_the_y_encoder(mult):
+    cfg = VLJEPAConfig.preset("tiny-text")
+    cfg.y_lr_mult = mult
+    torch.manual_seed(0)
+    model = JointEmbedding(cfg, load_pretrained=False)
+    y_before, p_before = _snapshot(model.y_encoder), _snapshot(model.predictor)
+    opt = _step(model)
+    y_ids = {id(p) for p in model.y_encoder.parameters()}
+    in_groups = {id(p) for g in opt.param_groups for p in g["params"]}
+    with_state = {id(p) for p in opt.state}
+    moved = [k for k, v in model.y_encoder.state_dict().items() if not torch.equal(v, y_before[k])]
+    assert any(not torch.equal(v, p_before[k]) for k, v in model.predictor.state_dict().items())
+    if mult == 0:
+        assert not moved, moved
+        assert not any(p.requires_grad for p in model.y_encoder.parameters())
+        assert not (y_ids & in_groups) and not (y_ids & with_state)
+        assert [g["name"] for g in opt.param_groups] == ["predictor.decay", "predictor.no_decay"]
+    else:  # the control: at 0.05x the same step does move it and keeps its AdamW moments
+        assert moved and (y_ids & with_state)
+        assert {g["name"] for g in opt.param_groups} >= {"y_encoder.decay", "y_encoder.no_decay"}
+
+
+@pytest.mark.parametrize("loss", ["cosine", "l2"])
+def test_regression_losses_train_both_towers_through_the_joint_module(loss):
+    cfg = VLJEPAConfig.preset("tiny-text")
+    torch.manual_seed(0)
+    model = JointEmbedding(cfg, load_pretrained=False)
+    y_before = _snapshot(model.y_encoder)
+    _step(model, loss)
+    assert any(not torch.equal(v, y_before[k]) for k, v in model.y_encoder.state_dict().items())
+
+
+def test_objective_and_loss_fields():
+    cfg = TrainConfig(data="X")
+    assert (cfg.objective, cfg.loss) == ("embedding", "infonce")
+    assert TrainConfig(data="X", objective="tokens").objective == "tokens"
+    assert TrainConfig(data="X", loss="l2").loss == "l2"
+    with pytest.raises(ValueError, match="loss of the embedding objective"):
+        TrainConfig(data="X", objective="tokens", loss="cosine")
+    with pytest.raises(ValueError):
+        TrainConfig(data="X", objective="words")
+
+
+def _features(y_tokenizer: str) -> Features:
+    cfg = VLJEPAConfig.preset("tiny")
+    y = cfg.y_encoder.model_copy(update={"tokenizer": y_tokenizer})
+    return Features("F", [], cfg.x_encoder, y, "tiny", {})
+
+
+def test_token_objective_needs_captions_in_the_predictors_tokenizer():
+    tiny = VLJEPAConfig.preset("tiny")
+    check_caption_tokenizer(_features("minilm"), tiny.predictor)  # same tokenizer: fine
+    paper = VLJEPAConfig.preset("paper")  # Llama's tokenizer vs MiniLM-tokenised captions
+    with pytest.raises(IncompatibleFeatures, match="--objective tokens") as e:
+        check_caption_tokenizer(_features("minilm"), paper.predictor)
+    assert "meta-llama/Llama-3.2-1B" in str(e.value) and "\n" not in str(e.value)
