@@ -19,7 +19,9 @@ from jepa.config import VLJEPAConfig
 from jepa.model import VLJEPA
 
 CLIPS = 64
-STEPS = 200
+# 200 steps ended at R@1 0.96 in one run and 0.92 in another (thread-order rounding on a loaded
+# machine); 300 leave a margin above the 0.95 the test asks for.
+STEPS = 300
 LR = 2e-3
 
 
