@@ -14,7 +14,8 @@ tables). The exported model of each run is evaluated on the val split: zero-shot
 text-to-video R@1 (a hit is any clip of the query's event); plus the final training loss and the
 trainer's collapse diagnostics at the last step (mean per-dimension std of the unit predictions
 and targets, effective rank of the targets). Writes benchmarks/results/ablations.{json,md} and
-logs them to MLflow (experiment `bench-ablations`).
+logs them to MLflow (experiment `bench-ablations`; the training runs themselves go to a scratch
+store in --work, emptied at the end unless --keep-artifacts).
 
     python benchmarks/ablations.py [--steps 150] [--seeds 0 1 2] ...
 """
@@ -43,6 +44,7 @@ from embedding_vs_tokens import (  # noqa: E402
     machine,
     prepare_features,
     readable,
+    scratch_store,
     train_run,
 )
 
@@ -118,7 +120,7 @@ def write_md(r: dict, path: Path) -> None:
         "(0 = collapsed to one point); target eff. rank: exp(entropy of the singular values) of "
         "that batch's targets (1 = one direction). Zero-shot: nearest Y-encoder embedding of the "
         "26 class names; t2v R@1: each val caption ranks the 104 val clips, a hit is a clip of "
-        "its event. Per-seed numbers and MLflow run ids are in ablations.json.",
+        "its event. Per-seed numbers are in ablations.json.",
     ]
     path.write_text("\n".join(lines) + "\n")
 
@@ -134,6 +136,7 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
     ap.add_argument("--tracking-uri", default=None)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--keep-artifacts", action="store_true", help="keep the scratch MLflow store")
     args = ap.parse_args()
 
     from pipelines import tracking_store
@@ -144,6 +147,7 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args.tracking_uri = tracking_store.resolve(args.tracking_uri)
+    scratch = scratch_store(args.work)
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     load = LoadSampler()
@@ -158,7 +162,7 @@ def main() -> int:
             res, cfg, wall, sps = train_run(
                 features,
                 args.work,
-                args.tracking_uri,
+                scratch,
                 EXPERIMENT,
                 name=f"ablation-{name}-s{seed}",
                 steps=args.steps,
@@ -170,7 +174,7 @@ def main() -> int:
             lr = cfg.lr
             run = {"config": name, "seed": seed, "run_id": res.run_id, **overrides}
             for key, metric in FINAL_METRICS.items():
-                hist = tracking.metric_history(args.tracking_uri, res.run_id, metric)
+                hist = tracking.metric_history(scratch, res.run_id, metric)
                 run[key] = hist[-1][1] if hist else float("nan")
             run.update(evaluate(res.export_dir, val))
             run.update(train_wall_s=wall, samples_per_s=sps)
@@ -236,6 +240,8 @@ def main() -> int:
     client.set_terminated(run_id, "FINISHED")
     result["mlflow_run_id"] = run_id
     files[0].write_text(json.dumps(result, indent=2))
+    if not args.keep_artifacts:
+        shutil.rmtree(args.work / "mlflow", ignore_errors=True)
     if files[1].exists():
         print(files[1].read_text())
     return 0

@@ -20,7 +20,10 @@ run checkpoints every steps/evals steps; every checkpoint is evaluated on the va
 Also reported: trainable parameters of each objective, training samples/s (the trainer's own
 MLflow metric, median after the first window) and wall time. Several seeds (model init and data
 order), the same corpus and split for all. Writes benchmarks/results/embedding_vs_tokens.{json,
-md,png} and logs them to an MLflow run (experiment `bench-embedding-vs-tokens`).
+md,png} and logs them, with the curves as metrics, to an MLflow run (experiment
+`bench-embedding-vs-tokens` in --tracking-uri's store). The training and Y-decoder runs
+themselves (each logs its exported model, ~0.15 GB) go to a scratch store in --work
+(`scratch_store`), emptied at the end unless --keep-artifacts.
 
     python benchmarks/embedding_vs_tokens.py [--steps 150] [--evals 5] [--seeds 0 1 2] ...
 """
@@ -100,6 +103,12 @@ def prepare_features(work: Path, clips: int, seed: int = CORPUS_SEED) -> Path:
     )
     print(f"features: {clips} clips embedded in {time.perf_counter() - t:.0f} s", flush=True)
     return features
+
+
+def scratch_store(work: Path) -> str:
+    """The MLflow store of the benchmark's own training and decoder runs (their metrics are read
+    back from it); the summary run goes to the user's store."""
+    return f"sqlite:///{(work / 'mlflow' / 'mlflow.db').resolve()}"
 
 
 def readable(val: dict) -> dict:
@@ -199,7 +208,7 @@ def eval_embedding(model_cfg, ckpt: str, out: Path, features: Path, val: dict, s
             steps=args.decoder_steps,
             seed=seed,
             out=str(out / "with-decoder"),
-            tracking_uri=args.tracking_uri,
+            tracking_uri=args.scratch_uri,
             experiment=EXPERIMENT,
             register_name=None,
         )
@@ -499,6 +508,7 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args.tracking_uri = tracking_store.resolve(args.tracking_uri)
+    args.scratch_uri = scratch_store(args.work)
     args.work.mkdir(parents=True, exist_ok=True)
     load = LoadSampler()
     t0 = time.perf_counter()
@@ -516,7 +526,7 @@ def main() -> int:
             res, cfg, wall, sps = train_run(
                 features,
                 args.work,
-                args.tracking_uri,
+                args.scratch_uri,
                 EXPERIMENT,
                 name=f"{objective}-s{seed}",
                 steps=args.steps,
@@ -529,7 +539,7 @@ def main() -> int:
                 model_cfg = cfg.build_model_config(feats.load(str(features)))
                 params = count_params(model_cfg)
                 lr = cfg.lr
-            loss = metric_history(args.tracking_uri, res.run_id, "train/loss")
+            loss = metric_history(args.scratch_uri, res.run_id, "train/loss")
             run = {
                 "objective": objective,
                 "seed": seed,
@@ -597,6 +607,8 @@ def main() -> int:
     figure(result, files[2])
     result["mlflow_run_id"] = log_mlflow(result, files, args.tracking_uri, "embedding_vs_tokens")
     files[0].write_text(json.dumps(result, indent=2, default=str))
+    if not args.keep_artifacts:
+        shutil.rmtree(args.work / "mlflow", ignore_errors=True)
     print(files[1].read_text())
     return 0
 
