@@ -317,7 +317,7 @@ def _evaluate(cfg: DemoConfig, tracking_uri: str) -> dict:
 def model_detector(model_dir: str) -> dict[str, float] | None:
     """The online detector a saved model was registered with (its config.json), or None."""
     from jepa.config import VLJEPAConfig
-    from jepa.model import CONFIG_FILE
+    from jepa.saved import CONFIG_FILE
 
     raw = json.loads(storage.read_text(os.path.join(model_dir, CONFIG_FILE)))
     det = VLJEPAConfig.from_dict(raw).detector

@@ -23,19 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jepa import saved
 from jepa.config import FORMAT_VERSION, VLJEPAConfig
 from jepa.loss import info_nce
 from jepa.optim import adamw_param_groups
 from jepa.predictor import Predictor
+from jepa.saved import ARCH_FILE, WEIGHTS_FILE
 from jepa.text import MINILM_ALIASES
 from jepa.x_encoder import XEncoder
 from jepa.y_encoder import YEncoder
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-ARCH_FILE = "architecture.json"
 
 
 class VLJEPA(nn.Module):
@@ -161,19 +159,9 @@ class VLJEPA(nn.Module):
         state = self.state_dict()
         if not self._x_weights_stored():
             state = {k: v for k, v in state.items() if not k.startswith("x_encoder.")}
-        out: dict[str, torch.Tensor] = {}
-        seen: dict[tuple, str] = {}
-        for k, v in state.items():
-            key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.dtype)
-            if v.numel() and key in seen:  # tied weights (e.g. GPT-2's lm_head): store once
-                continue
-            seen[key] = k
-            out[k] = v.detach().contiguous().cpu()
-        return out
+        return saved.dedup_state(state)  # tied weights (e.g. GPT-2's lm_head): stored once
 
     def save_pretrained(self, directory: str | os.PathLike) -> str:
-        from safetensors.torch import save_file
-
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         cfg = self.config.to_dict()
@@ -196,12 +184,7 @@ class VLJEPA(nn.Module):
                 getattr(self, part).tokenizer.save_pretrained(
                     os.path.join(directory, f"{part}_tokenizer")
                 )
-        tmp = os.path.join(directory, WEIGHTS_FILE + ".tmp")
-        save_file(self._state_to_save(), tmp, metadata={"format_version": str(FORMAT_VERSION)})
-        os.replace(tmp, os.path.join(directory, WEIGHTS_FILE))
-        for fname, payload in ((ARCH_FILE, arch), (CONFIG_FILE, cfg)):
-            with open(os.path.join(directory, fname), "w") as f:
-                json.dump(payload, f, indent=2, sort_keys=True)
+        saved.write(directory, self._state_to_save(), cfg, arch)
         log.info("saved VL-JEPA (%s) to %s", self.config.preset_name, directory)
         return directory
 
@@ -213,13 +196,7 @@ class VLJEPA(nn.Module):
         from safetensors.torch import load_file
 
         directory = os.fspath(directory)
-        with open(os.path.join(directory, CONFIG_FILE)) as f:
-            raw = json.load(f)
-        version = int(raw.get("format_version", 0))
-        if version > FORMAT_VERSION:
-            raise ValueError(
-                f"{directory}: format_version {version} is newer than {FORMAT_VERSION}"
-            )
+        raw = saved.read_config(directory)
         objective = raw.pop("objective", "embedding")
         if objective != "embedding":
             raise ValueError(
@@ -294,8 +271,7 @@ class VLJEPA(nn.Module):
         ):
             if module is None:
                 continue
-            t = sum(p.numel() for p in module.parameters() if p.requires_grad)
-            f = sum(p.numel() for p in module.parameters() if not p.requires_grad)
+            t, f = saved.count_params(module)
             out[name] = {"trainable": t, "frozen": f}
         return out
 

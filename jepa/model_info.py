@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from jepa.config import VLJEPAConfig
+from jepa.saved import count_params
 
 # Published sizes (VL-JEPA paper, arXiv 2512.10942). The total is given only as "1.6B".
 PAPER_SIZES = {
@@ -36,22 +37,6 @@ class Row:
         return self.trainable + self.frozen
 
 
-def _count(module: nn.Module | None) -> tuple[int, int]:
-    if module is None:
-        return 0, 0
-    seen: set[int] = set()
-    t = f = 0
-    for p in module.parameters():  # parameters() already skips tied duplicates
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        if p.requires_grad:
-            t += p.numel()
-        else:
-            f += p.numel()
-    return t, f
-
-
 def build_meta(cfg: VLJEPAConfig, with_decoder: bool = True):
     """The model on the meta device: shapes only, no weights, no download."""
     from jepa.model import VLJEPA
@@ -66,11 +51,11 @@ def model_info(preset: str) -> dict:
     is_paper = preset == "paper"
     pred = model.predictor
     n_layers = len(pred.llama.layers)
-    layers_t, layers_f = _count(pred.llama.layers)
-    table_t, table_f = _count(pred.llama.embed_tokens)
-    pred_t, pred_f = _count(pred)
-    y_back = _count(model.y_encoder.backbone)
-    y_head = _count(model.y_encoder.head)
+    layers_t, layers_f = count_params(pred.llama.layers)
+    table_t, table_f = count_params(pred.llama.embed_tokens)
+    pred_t, pred_f = count_params(pred)
+    y_back = count_params(model.y_encoder.backbone)
+    y_head = count_params(model.y_encoder.head)
     scale = (
         (int(model.logit_scale.numel()), 0)
         if isinstance(model.logit_scale, nn.Parameter)
@@ -82,7 +67,7 @@ def model_info(preset: str) -> dict:
     rows = [
         Row(
             "X-encoder",
-            *_count(model.x_encoder),
+            *count_params(model.x_encoder),
             PAPER_SIZES["x_encoder"] if is_paper else None,
             f"{x_name}; encoder only",
         ),
@@ -126,7 +111,9 @@ def model_info(preset: str) -> dict:
         total.paper = PAPER_TOTAL
     decoder = None
     if model.y_decoder is not None:
-        decoder = Row("Y-decoder (separate)", *_count(model.y_decoder), None, "not in the total")
+        decoder = Row(
+            "Y-decoder (separate)", *count_params(model.y_decoder), None, "not in the total"
+        )
     return {
         "preset": preset,
         "rows": [asdict(r) | {"total": r.total} for r in rows],

@@ -43,17 +43,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jepa import saved
 from jepa.config import FORMAT_VERSION, VLJEPAConfig
 from jepa.optim import adamw_param_groups
 from jepa.predictor import build_llama, query_tokenizer
+from jepa.saved import ARCH_FILE, CONFIG_FILE, WEIGHTS_FILE
 from jepa.text import MINILM_ALIASES
 
 log = logging.getLogger(__name__)
 
 OBJECTIVE = "tokens"
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-ARCH_FILE = "architecture.json"
 TOKENIZER_DIR = "predictor_tokenizer"
 
 
@@ -350,19 +349,9 @@ class TokenVLM(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def _state_to_save(self) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        seen: set[tuple] = set()
-        for k, v in self.state_dict().items():
-            key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.dtype)
-            if v.numel() and key in seen:  # the tied LM head: stored once
-                continue
-            seen.add(key)
-            out[k] = v.detach().contiguous().cpu()
-        return out
+        return saved.dedup_state(self.state_dict())  # the tied LM head: stored once
 
     def save_pretrained(self, directory: str | os.PathLike) -> str:
-        from safetensors.torch import save_file
-
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         cfg = self.config.to_dict()
@@ -376,12 +365,7 @@ class TokenVLM(nn.Module):
         }
         if self.config.predictor.tokenizer not in MINILM_ALIASES:
             self.tokenizer.save_pretrained(os.path.join(directory, TOKENIZER_DIR))
-        tmp = os.path.join(directory, WEIGHTS_FILE + ".tmp")
-        save_file(self._state_to_save(), tmp, metadata={"format_version": str(FORMAT_VERSION)})
-        os.replace(tmp, os.path.join(directory, WEIGHTS_FILE))
-        for fname, payload in ((ARCH_FILE, arch), (CONFIG_FILE, cfg)):
-            with open(os.path.join(directory, fname), "w") as f:
-                json.dump(payload, f, indent=2, sort_keys=True)
+        saved.write(directory, self._state_to_save(), cfg, arch)
         log.info("saved token-prediction VLM (%s) to %s", self.config.preset_name, directory)
         return directory
 
@@ -394,18 +378,12 @@ class TokenVLM(nn.Module):
         from transformers import AutoConfig, LlamaModel
 
         directory = os.fspath(directory)
-        with open(os.path.join(directory, CONFIG_FILE)) as f:
-            raw = json.load(f)
+        raw = saved.read_config(directory)
         objective = raw.pop("objective", "embedding")
         if objective != OBJECTIVE:
             raise ValueError(
                 f"{directory} holds an {objective!r} model (VL-JEPA): load it with "
                 "jepa.model.VLJEPA.from_pretrained"
-            )
-        version = int(raw.get("format_version", 0))
-        if version > FORMAT_VERSION:
-            raise ValueError(
-                f"{directory}: format_version {version} is newer than {FORMAT_VERSION}"
             )
         cfg = VLJEPAConfig.from_dict(raw)
         with open(os.path.join(directory, ARCH_FILE)) as f:
@@ -435,14 +413,6 @@ class TokenVLM(nn.Module):
         out: dict[str, dict[str, int]] = {}
         for name, module in (("predictor", nn.ModuleList([self.in_proj, self.llama])),
                              ("lm_head", self.lm_head)):  # fmt: skip
-            t = f = 0
-            for p in module.parameters():
-                if id(p) in seen:
-                    continue
-                seen.add(id(p))
-                if p.requires_grad:
-                    t += p.numel()
-                else:
-                    f += p.numel()
+            t, f = saved.count_params(module, seen)
             out[name] = {"trainable": t, "frozen": f}
         return out
