@@ -218,6 +218,106 @@ class CiderD:
         return out
 
 
+class ReweightedCiderD:
+    """Corpus CIDEr-D of fixed candidate lists against fixed references, under many integer
+    reweightings of the documents at once (a bootstrap over documents: weight w_d = how often
+    document d is drawn). Equal to building `CiderD` on the resampled corpus for each weighting.
+
+    Why it can be vectorised: idf >= 0, so with q = idf**2 every quantity CIDEr-D needs is
+    linear in q: the clipped dot product is sum_g q_g min(tf_c, tf_r) tf_r, the squared norms
+    are sum_g q_g tf**2. One sparse matrix per quantity (row = pair x n-gram order) times the
+    (grams x resamples) matrix of q gives every resample's scores; only q depends on the
+    weights (df_g = sum_d w_d [g in d's references], N = sum_d w_d). A Python loop over 1,000
+    resamples of a 10-stream eval took minutes; this takes about a second."""
+
+    def __init__(
+        self,
+        crefs: Sequence[Sequence[Counter]],
+        ctests: Sequence[Sequence[Counter]],
+        n: int = 4,
+        sigma: float = 6.0,
+    ):
+        from scipy import sparse
+
+        if any(len(r) == 0 for r in crefs):
+            raise ValueError("every candidate needs at least one reference")
+        for rows in ctests:
+            if len(rows) != len(crefs):
+                raise ValueError(f"{len(rows)} candidates but {len(crefs)} reference sets")
+        self.n, self.docs, self.rows = n, len(crefs), len(ctests)
+        vocab: dict[tuple, int] = {}
+
+        def col(g: tuple) -> int:
+            return vocab.setdefault(g, len(vocab))
+
+        # document x gram presence: each document counts a gram once (its df contribution)
+        d_i, d_j = [], []
+        for d, refs in enumerate(crefs):
+            for g in {g for r in refs for g in r}:
+                d_i.append(d)
+                d_j.append(col(g))
+        # one row per (row, document, reference, order): dot, candidate and reference norms
+        dot, cand, ref = ([], [], []), ([], [], []), ([], [], [])
+        penalty, owner = [], []  # per (row, document, reference)
+        for r, cands in enumerate(ctests):
+            for d, (c, refs) in enumerate(zip(cands, crefs, strict=True)):
+                lc = sum(tf for g, tf in c.items() if len(g) == 2)
+                for rc in refs:
+                    p = len(penalty)
+                    lr = sum(tf for g, tf in rc.items() if len(g) == 2)
+                    penalty.append(math.exp(-((lc - lr) ** 2) / (2 * sigma**2)) / len(refs))
+                    owner.append(r * self.docs + d)
+                    for g, tf in c.items():
+                        cand[0].append(p * n + len(g) - 1)
+                        cand[1].append(col(g))
+                        cand[2].append(float(tf * tf))
+                        if g in rc:
+                            dot[0].append(p * n + len(g) - 1)
+                            dot[1].append(col(g))
+                            dot[2].append(float(min(tf, rc[g]) * rc[g]))
+                    for g, tf in rc.items():
+                        ref[0].append(p * n + len(g) - 1)
+                        ref[1].append(col(g))
+                        ref[2].append(float(tf * tf))
+        shape = (len(penalty) * n, len(vocab))
+        self._dot, self._cand, self._ref = (
+            sparse.csr_matrix((v, (i, j)), shape=shape) for i, j, v in (dot, cand, ref)
+        )
+        self._presence = sparse.csr_matrix(
+            (np.ones(len(d_i)), (d_i, d_j)), shape=(self.docs, len(vocab))
+        )
+        self._penalty = np.asarray(penalty)
+        self._owner = np.asarray(owner, dtype=np.int64)
+
+    def corpus_scores(self, weights: Any, chunk: int = 256) -> np.ndarray:
+        """(resamples, rows): each row's corpus CIDEr-D under each weighting (resamples, docs);
+        0 where a weighting draws no document."""
+        w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        if w.shape[1] != self.docs:
+            raise ValueError(f"weights over {w.shape[1]} documents, corpus has {self.docs}")
+        out = np.zeros((w.shape[0], self.rows))
+        for s in range(0, w.shape[0], chunk):
+            wb = w[s : s + chunk]
+            total = wb.sum(axis=1)  # documents drawn, N
+            df = np.asarray(self._presence.T @ wb.T)  # (grams, B)
+            with np.errstate(divide="ignore"):
+                idf = np.log(total)[None, :] - np.log(np.maximum(df, 1.0))
+            q = np.where(total[None, :] > 0, idf, 0.0) ** 2
+            num = self._dot @ q
+            norm = np.sqrt((self._cand @ q) * (self._ref @ q))
+            val = np.divide(num, norm, out=np.zeros_like(num), where=norm > 0)
+            per_ref = val.reshape(-1, self.n, val.shape[1]).mean(axis=1)  # (pairs, B)
+            per_ref *= self._penalty[:, None] * 10.0
+            per_doc = np.zeros((self.rows * self.docs, val.shape[1]))
+            np.add.at(per_doc, self._owner, per_ref)
+            per_doc = per_doc.reshape(self.rows, self.docs, -1)  # (rows, docs, B)
+            summed = np.einsum("rdb,bd->br", per_doc, wb)
+            out[s : s + chunk] = np.divide(
+                summed, total[:, None], out=np.zeros_like(summed), where=total[:, None] > 0
+            )
+        return out
+
+
 def cider_scores(
     candidates: Sequence[str],
     references: Sequence[Sequence[str]],

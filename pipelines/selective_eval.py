@@ -183,7 +183,7 @@ def bootstrap_call_ratios(
     per resample, every row's corpus CIDEr-D (document frequencies from the resampled
     references) and calls are recomputed, then each target's ratio is read off the resampled
     uniform curve (a bound when it does not cross it). Deterministic for a seed."""
-    from jepa.metrics import CiderD, cook
+    from jepa.metrics import ReweightedCiderD, cook
 
     rows = curve["rows"]
     targets = _targets(rows)
@@ -199,26 +199,28 @@ def bootstrap_call_ratios(
             cache[text] = cook(text)
         return cache[text]
 
-    refs = [[[cooked(x) for x in ev] for ev in s] for s in curve["references"]]
-    caps = [[[cooked(c) for c in p["captions"]] for p in r["per_stream"]] for r in used]
+    # every event of every stream is one document; a resample draws whole streams
+    doc_stream = [i for i, s in enumerate(curve["references"]) for _ in s]
+    refs = [[cooked(x) for x in ev] for s in curve["references"] for ev in s]
+    caps = [[cooked(c) for p in r["per_stream"] for c in p["captions"]] for r in used]
+    scorer = ReweightedCiderD(refs, caps)
     calls = np.array([[p["calls"] for p in r["per_stream"]] for r in used], dtype=np.float64)
     rng = np.random.default_rng(seed)
+    draws = np.stack(
+        [
+            np.bincount(rng.integers(0, n_streams, n_streams), minlength=n_streams)
+            for _ in range(resamples)
+        ]
+    ).astype(np.float64)  # (resamples, streams): how often each stream is drawn
+    cider = scorer.corpus_scores(draws[:, doc_stream])  # (resamples, rows)
+    n = draws @ calls.T
     out = np.zeros((resamples, len(targets)))
     bounded = np.zeros((resamples, len(targets)), bool)
     for b in range(resamples):
-        idx = rng.integers(0, n_streams, n_streams)
-        scorer = CiderD([ev for i in idx for ev in refs[i]])
-        cider = [
-            float(scorer.scores([c for i in idx for c in caps[k][i]]).mean())
-            if scorer.crefs
-            else 0.0
-            for k in range(len(used))
-        ]
-        n = calls[:, idx].sum(axis=1)
-        u = list(zip(n[: len(uniform)], cider[: len(uniform)], strict=True))
+        u = list(zip(n[b, : len(uniform)], cider[b, : len(uniform)], strict=True))
         for t in range(len(targets)):
             k = len(uniform) + t
-            _, out[b, t], bound = _ratio(u, n[k], cider[k])
+            _, out[b, t], bound = _ratio(u, n[b, k], cider[b, k])
             bounded[b, t] = bool(bound)
     return out, bounded
 

@@ -85,3 +85,28 @@ def test_cider_d_scorer_on_a_resampled_corpus_equals_scoring_the_strings() -> No
     got = CiderD([cooked_r[i] for i in idx]).scores([cooked_c[i] for i in idx])
     want = _reference([cands[i] for i in idx], [refs[i] for i in idx])[1]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [777, 4242])
+def test_reweighted_cider_equals_the_reference_on_each_resampled_corpus(seed: int) -> None:
+    """`ReweightedCiderD` (the vectorised bootstrap) against pycocoevalcap on each resampled
+    corpus written out in full: two candidate lists, weightings that repeat documents, drop
+    most of them, and draw a single one."""
+    from jepa.metrics import ReweightedCiderD, cook
+
+    cands, refs = _corpus(seed)
+    other = [_sentence(np.random.default_rng(seed + i)) for i in range(len(cands))]
+    scorer = ReweightedCiderD(
+        [[cook(x) for x in r] for r in refs], [[cook(c) for c in cands], [cook(c) for c in other]]
+    )
+    rng = np.random.default_rng(seed)
+    weights = [np.bincount(rng.integers(0, len(cands), len(cands)), minlength=len(cands))]
+    weights.append(np.eye(len(cands), dtype=int)[0] * 3)
+    weights.append((rng.random(len(cands)) < 0.2).astype(int))
+    weights[-1][-1] = 2  # never empty
+    got = scorer.corpus_scores(np.stack(weights), chunk=2)
+    for b, w in enumerate(weights):
+        idx = np.repeat(np.arange(len(cands)), w)
+        for r, row in enumerate((cands, other)):
+            want = _reference([row[i] for i in idx], [refs[i] for i in idx])[0]
+            assert got[b, r] == pytest.approx(want, abs=1e-6), (seed, b, r)
