@@ -16,7 +16,7 @@ import json
 from cluster.cli import UsageError
 
 # Testing hooks: accepted, never shown.
-_HIDDEN = ("fail_at_step", "fail_rank", "fail_marker", "fail_delay_s")
+_HIDDEN = ("fail_at_step", "fail_rank", "fail_marker")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

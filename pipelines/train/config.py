@@ -117,11 +117,11 @@ class TrainConfig(BaseModel):
         None, description="where save_pretrained writes (default: run dir)"
     )
     address: str | None = Field(None, description="Ray address; None starts/joins a local one")
-    # testing only: one worker dies once at this step (a file marks that it happened)
+    # testing only: one worker dies once at the end of this step, at a checkpoint step right
+    # after the checkpoint report (a file marks that it happened)
     fail_at_step: int | None = Field(None, ge=1)
     fail_rank: int = 1
     fail_marker: str | None = None
-    fail_delay_s: float = Field(10.0, ge=0, description="pause before the injected failure")
 
     @field_validator("preset")
     @classmethod

@@ -66,3 +66,16 @@ def all_reduce_mean(value: float, device: torch.device | None = None) -> float:
     t = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t.item()) / dist.get_world_size()
+
+
+def _group() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank (so all ranks act on one decision, e.g. where to resume)."""
+    if not _group():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -4,7 +4,8 @@ One step: a micro-batch of pre-embedded visual tokens and caption ids -> both to
 embeddings all-gathered across ranks -> InfoNCE of this rank's rows against every rank's columns
 (B x N*B logits) -> backward (gradient sync only on the last micro-batch) -> clip -> AdamW. Rank 0
 streams metrics to MLflow; every rank writes its DCP shard at checkpoints. A restarted worker group
-resumes from the latest reported checkpoint, so the step count continues.
+resumes from the newest complete checkpoint (Ray Train's, or a newer one in the run's storage that
+the controller never registered: `checkpoint.choose`), so the step count continues.
 
 `objective="tokens"` trains the token-prediction baseline (`jepa.token_model.TokenVLM`) through
 the same loop: the same micro-batches in the same order, optimizer groups, schedule, clipping,
@@ -15,6 +16,7 @@ FSDP2 wrapping of the Llama blocks, DCP checkpoints and MLflow stream; only the 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -26,7 +28,7 @@ import torch
 from pipelines.train import checkpoint as ckpt
 from pipelines.train.config import TrainConfig
 from pipelines.train.data import event_key, iter_train_batches, pad_ids, read_val
-from pipelines.train.distributed import all_reduce_mean, gather_rows
+from pipelines.train.distributed import all_reduce_mean, broadcast_object, gather_rows
 
 log = logging.getLogger(__name__)
 
@@ -252,13 +254,20 @@ def train_func(config: dict) -> None:
     # (MiniLM's unused pooler never gets one) and a resumed run loads what it saved.
     get_state_dict(model, optimizer)
 
+    from pipelines import storage
+
+    # Ray Train keeps this run's checkpoints in <storage>/<run name>. Rank 0 decides where to
+    # start and every rank follows it (they could otherwise see storage at different moments).
+    run_dir = storage.join(cfg.storage, ctx.get_experiment_name())
+    resume = None
+    if rank == 0:
+        resume = ckpt.choose(ray.train.get_checkpoint(), run_dir, cfg.resume_from)
+        log.info("start: %s (%s)", resume.uri or "step 0", resume.reason)
+    resume = broadcast_object(resume)
     start_step = 0
     resumed_from = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and cfg.resume_from:
-        checkpoint = ckpt.as_checkpoint(cfg.resume_from)
-    if checkpoint is not None:
-        state = ckpt.load_into(checkpoint, model, optimizer)
+    if resume.uri is not None:
+        state = ckpt.load_into(ckpt.as_checkpoint(resume.uri), model, optimizer)
         start_step = int(state["step"])
         resumed_from = int(state["step"])
 
@@ -277,6 +286,7 @@ def train_func(config: dict) -> None:
             },
             step=start_step,
         )
+        logger.tag("vljepa.resume", f"{resume.source}: {resume.uri or 'step 0'} ({resume.reason})")
     log.info(
         "rank %d/%d: %d/%d params sharded %s; start at step %d%s",
         rank,
@@ -299,6 +309,7 @@ def train_func(config: dict) -> None:
     t0 = time.perf_counter()
     window_t, window_samples = time.perf_counter(), 0
     last_metrics: dict = {}
+    reported_at: float | None = None  # when the last checkpoint report returned
     model.train()
     while step < cfg.steps:
         micro: list = []
@@ -318,7 +329,6 @@ def train_func(config: dict) -> None:
             n = cfg.batch_size * cfg.grad_accum * world
             samples += n
             window_samples += n
-            _maybe_fail(cfg, step, rank)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 loss = all_reduce_mean(out["loss"], device if cfg.gpus else None)
                 now = time.perf_counter()
@@ -374,11 +384,13 @@ def train_func(config: dict) -> None:
                     optimizer,
                     step=step,
                     rank=rank,
+                    run_dir=run_dir,
                     metrics={k: v for k, v in last_metrics.items() if isinstance(v, float)},
                     extra={
                         "world_size": world,
                         "samples": samples,
                         "resumed_from": resumed_from,
+                        "resume_source": resume.source,
                         "elapsed_s": time.perf_counter() - t0,
                         "objective": cfg.objective,
                         **(
@@ -391,6 +403,8 @@ def train_func(config: dict) -> None:
                         "global_numel": report["global_numel"],
                     },
                 )
+                reported_at = time.monotonic()
+            _maybe_fail(cfg, step, rank, reported_at)
             if final:
                 break
         if step == step_at_epoch_start:
@@ -403,16 +417,16 @@ def train_func(config: dict) -> None:
         logger.close()
 
 
-def _maybe_fail(cfg: TrainConfig, step: int, rank: int) -> None:
-    """Testing hook: one worker dies (hard, like an OOM kill) once, at `fail_at_step`."""
+def _maybe_fail(cfg: TrainConfig, step: int, rank: int, reported_at: float | None) -> None:
+    """Testing hook: one worker dies (hard, like an OOM kill) once, at the end of `fail_at_step`:
+    at a checkpoint step, at once after the checkpoint report returned. The marker file records
+    how long after that report it died."""
     if cfg.fail_at_step is None or step != cfg.fail_at_step or rank != cfg.fail_rank:
         return
     if cfg.fail_marker and os.path.exists(cfg.fail_marker):
         return
+    after = None if reported_at is None else (time.monotonic() - reported_at) * 1000
     with open(cfg.fail_marker, "w") as f:
-        f.write(f"rank {rank} died at step {step}\n")
-    # A real crash comes long after the last checkpoint was reported; dying within milliseconds
-    # of the report can beat the controller's poll of it and make the restart begin at step 0.
-    time.sleep(cfg.fail_delay_s)
+        json.dump({"rank": rank, "step": step, "ms_after_report": after}, f)
     log.warning("fail_at_step: rank %d exits at step %d", rank, step)
     os._exit(1)

@@ -78,6 +78,10 @@ class StepLogger:
         if items:
             self.client.log_batch(self.run_id, metrics=items)
 
+    def tag(self, key: str, value: str) -> None:
+        """A run tag (the last attempt's value wins: e.g. where a restarted group resumed)."""
+        self.client.set_tag(self.run_id, key, value[:5000])
+
     def log_figure(self, fig, path: str) -> None:
         self.client.log_figure(self.run_id, fig, path)
 

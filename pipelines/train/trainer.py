@@ -134,19 +134,21 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     except Exception:
         client.set_terminated(run_id, "FAILED")
         raise
-    if result.checkpoint is None:
+    from pipelines.train import checkpoint as ckpt
+
+    # The newest complete checkpoint, as a restarted group would choose it: a worker killed right
+    # after the last report can leave it in storage but unregistered (result.checkpoint older).
+    last = ckpt.choose(result.checkpoint, storage.join(cfg.storage, name))
+    if last.uri is None:
         client.set_terminated(run_id, "FAILED")
         raise RuntimeError(f"training reported no checkpoint (error: {result.error})")
-    ckpt_path = result.checkpoint.path
-    ckpt_uri = ("s3://" + ckpt_path) if storage.is_s3(cfg.storage) else ckpt_path
-    log.info("last checkpoint: %s", ckpt_uri)
+    ckpt_uri = last.uri
+    log.info("last checkpoint: %s (%s)", ckpt_uri, last.reason)
     client.set_tag(run_id, "vljepa.checkpoint", ckpt_uri)
 
     export_dir = cfg.export_dir or os.path.join(tempfile.mkdtemp(prefix="vljepa-export-"), "model")
-    with result.checkpoint.as_directory() as d:
-        from pipelines.train.checkpoint import read_state
-
-        state = read_state(d)
+    with ckpt.as_checkpoint(ckpt_uri).as_directory() as d:
+        state = ckpt.read_state(d)
         if cfg.objective == "tokens":
             model = export_tokens(model_cfg, d, export_dir)
         else:

@@ -9,7 +9,7 @@ from cluster.cli import build_parser
 from cluster.commands.config_flags import field_default, flag_name
 from pipelines.train.config import TrainConfig
 
-HIDDEN = {"fail_at_step", "fail_rank", "fail_marker", "fail_delay_s"}
+HIDDEN = {"fail_at_step", "fail_rank", "fail_marker"}
 
 
 def _train_parser() -> argparse.ArgumentParser:
