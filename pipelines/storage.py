@@ -40,8 +40,13 @@ def _s3fs(
         kwargs["endpoint_override"] = parsed.netloc or parsed.path
         kwargs["scheme"] = parsed.scheme or "https"
         kwargs["force_virtual_addressing"] = False
+    # The SDK's default ~3 s request timeout made a busy S3 server drop multipart uploads that
+    # pyarrow only logged; checkpoints and shards are large, so wait for the server instead.
     return pafs.S3FileSystem(
-        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=5), **kwargs
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=5),
+        connect_timeout=10,
+        request_timeout=60,
+        **kwargs,
     )
 
 

@@ -300,3 +300,63 @@ def test_docker_build_args_exist(doc, cmd):
     for i, a in enumerate(argv):
         if a == "--build-arg":
             assert f"ARG {argv[i + 1].split('=')[0]}" in dockerfile, cmd
+
+
+# ------------------------------------------------------------------ figures come from results
+
+RESULTS = REPO / "benchmarks" / "results"
+_NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?")
+FIGURE_COLUMNS = {"figure", "measured", "machine"}
+
+
+def figure_rows(doc: Path) -> list[tuple[str, str, list[str]]]:
+    """(row text, results file stem, the figure cells) for every table row citing a file in
+    benchmarks/results: the figure/measured cell and the machine cell (which holds wall times)."""
+    rows, header = [], None
+    for line in doc.read_text().splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = [c.lower() for c in cells]
+            continue
+        if set(line) <= set("|-: "):
+            continue
+        cited = [m for m in re.findall(r"(\w+)\.md", line) if (RESULTS / f"{m}.md").exists()]
+        if not cited:
+            continue
+        figs = [c for h, c in zip(header, cells, strict=False) if h in FIGURE_COLUMNS]
+        rows.append((line, cited[0], figs))
+    return rows
+
+
+FIGURE_ROWS = [(d.name, *r) for d in DOC_FILES for r in figure_rows(d)]
+
+
+def _numbers(text: str) -> list[float]:
+    return [float(m.replace(",", "")) for m in _NUMBER.findall(text)]
+
+
+def test_figure_rows_are_found():
+    cited = {stem for _, _, stem, _ in FIGURE_ROWS}
+    assert {"gpu_check", "synth", "embed", "train", "embedding_vs_tokens"} <= cited, cited
+
+
+@pytest.mark.parametrize(
+    "doc,row,stem,cells", FIGURE_ROWS, ids=[f"{d}:{s}:{r[2:40]}" for d, r, s, _ in FIGURE_ROWS]
+)
+def test_every_figure_is_in_its_results_file(doc, row, stem, cells):
+    """Each number a figure cell quotes is in the results file it cites (its .md or .json),
+    to the quoted precision, or as a fraction quoted in percent: a figure typed by hand or
+    left behind by a rerun fails here."""
+    text = (RESULTS / f"{stem}.md").read_text()
+    if (RESULTS / f"{stem}.json").exists():
+        text += (RESULTS / f"{stem}.json").read_text()
+    have = _numbers(text)
+    for cell in cells:
+        for token in _NUMBER.findall(cell):
+            v = float(token.replace(",", ""))
+            tol = 0.5 * 10 ** -len(token.split(".")[1]) if "." in token else 0.5
+            ok = any(abs(x - v) <= tol + 1e-9 or abs(100 * x - v) <= tol + 1e-9 for x in have)
+            assert ok, f"{doc}: {token} in {cell!r} is not in benchmarks/results/{stem}.*"
