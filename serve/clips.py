@@ -56,3 +56,24 @@ def decode_clip(data: bytes, sampling: Sampling, min_frames: int = 2) -> Decoded
     return DecodedClip(
         np.ascontiguousarray(frames, dtype=np.uint8), info.duration_s, info.num_frames, info.fps
     )
+
+
+def predict(model, items: list[tuple[np.ndarray, str]]) -> list[np.ndarray]:
+    """The Encoder's model step for a batch of (decoded frames, query) -> predicted embeddings
+    (float32): X-encoder, then the predictor. The benchmark's in-process limit runs this same
+    function, so Serve is measured against the code it serves."""
+    import torch
+
+    queries = [q for _, q in items]
+    # Clips keep their decoded picture size (the X-encoder resizes them): batch by shape.
+    by_shape: dict[tuple, list[int]] = {}
+    for i, (f, _) in enumerate(items):
+        by_shape.setdefault(f.shape, []).append(i)
+    enc = model.x_encoder
+    with torch.inference_mode():
+        x = torch.empty(len(items), enc.num_tokens, enc.hidden_size, device=enc.device)
+        for idx in by_shape.values():
+            x[idx] = enc(np.stack([items[i][0] for i in idx]))
+        q = model.predictor.tokenize(queries if any(queries) else None, len(items))
+        pred = model.predict(x, q["input_ids"], q["attention_mask"])
+    return list(pred.float().cpu().numpy())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,15 @@ class AppArgs(BaseModel):
     )
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     auth_token_env: str = Field(
-        "", description="name of an env var holding the bearer token ('' or unset var: no auth)"
+        "",
+        description="name of an env var holding the bearer token that every route but /healthz "
+        "and /readyz requires ('' = no auth); a named variable that is unset or empty stops the "
+        "app from starting (fails closed)",
+    )
+    public_docs: bool = Field(
+        False,
+        description="serve /docs, /redoc and /openapi.json without the bearer token (with a "
+        "token and false, they need it like the API)",
     )
     min_clip_frames: int = Field(2, ge=1, description="shorter clips are rejected (422)")
     max_labels: int = Field(256, ge=1)
@@ -50,10 +59,30 @@ class AppArgs(BaseModel):
         "(calibrated at registration), else DetectorConfig() defaults; a value overrides both",
     )
     decode_retry_budget_s: float = Field(
-        30.0, ge=0, description="how long the ingress retries a dead/restarting Decoder"
+        30.0,
+        ge=0,
+        description="how long the ingress waits for the Decoder (retrying a dead or restarting "
+        "replica, waiting for one to start from zero) before /v1/caption answers 503; also how "
+        "long it retries a restarting or recreated stream store",
     )
     stream_store: str = Field(
         "", description="name of the detached stream-state actor ('' = vljepa-streams-<app>)"
+    )
+    stream_store_path: str = Field(
+        "",
+        description="where the stream store writes each stream's state and events through "
+        "(local folder or s3://bucket/prefix; one folder per store under it). '' = "
+        "vljepa-streams/ in the Ray session folder of the store's node: survives the store's "
+        "restart on that node, not the node's loss or a new Ray cluster; s3:// (or a shared "
+        "mount) survives both, as a RayService should use. Changing it starts the store afresh "
+        "on what the new location holds",
+    )
+    stream_decode_wait_s: float = Field(
+        2.0,
+        ge=0,
+        description="how long a stream request waits for its captions; one not ready by then "
+        "(the Decoder starting from zero replicas, or busy) is answered `pending` and filled in "
+        "the background as soon as the Decoder answers (GET /v1/streams/{id}/events shows it)",
     )
 
     @field_validator("allowed_uri_prefixes")
@@ -172,6 +201,38 @@ def validate(cfg: dict[str, Any], app_name: str = APP_NAME):
     return schema
 
 
+def ingress_env_vars(cfg: dict[str, Any], app_name: str = APP_NAME) -> dict[str, str]:
+    """The env vars the config itself gives the Ingress replicas: the app's runtime_env, then
+    the Ingress deployment's own (which Serve merges over the app's)."""
+    app = app_entry(cfg, app_name)
+    env = dict((app.get("runtime_env") or {}).get("env_vars") or {})
+    for d in app.get("deployments") or []:
+        if d.get("name") == "Ingress":
+            renv = (d.get("ray_actor_options") or {}).get("runtime_env") or {}
+            env.update(renv.get("env_vars") or {})
+    return {k: str(v) for k, v in env.items()}
+
+
+def check_auth(
+    cfg: dict[str, Any], environ: Mapping[str, str] | None, app_name: str = APP_NAME
+) -> None:
+    """Refuse, before anything starts, a config whose `auth_token_env` names a variable in
+    which the Ingress replicas will find no token (AuthMisconfigured, one line).
+
+    `environ`: the environment the replicas inherit (this process's, when it starts the local
+    Ray), or None when they run on a cluster whose environment is not known here; then only a
+    variable the config sets itself is judged, and each Ingress replica checks its own at start.
+    """
+    from serve.security import expected_token
+
+    env_name = (app_entry(cfg, app_name).get("args") or {}).get("auth_token_env") or ""
+    given = ingress_env_vars(cfg, app_name)
+    if env_name in given:
+        expected_token(env_name, given)
+    elif environ is not None:
+        expected_token(env_name, environ)
+
+
 def urls(cfg: dict[str, Any], app_name: str = APP_NAME) -> dict[str, str]:
     """Where the app answers, for printing."""
     http = cfg.get("http_options") or {}
@@ -198,6 +259,18 @@ def deploy(cfg: dict[str, Any]) -> None:
     client.deploy_apps(schema, _blocking=False)
 
 
+def _why_failed(app) -> str:
+    """The last line of each failing deployment's message: the exception its replicas raised
+    (e.g. an Ingress refusing an empty token), not the whole traceback."""
+    out = ""
+    for name, d in app.deployments.items():
+        status = str(getattr(d.status, "value", d.status))
+        lines = [x.strip() for x in (d.message or "").splitlines() if x.strip()]
+        if status in ("DEPLOY_FAILED", "UNHEALTHY") and lines:
+            out += f"; {name}: {lines[-1]}"
+    return out
+
+
 def wait_running(app_name: str = APP_NAME, timeout_s: float = 180.0) -> None:
     """Block until the app is RUNNING; raise with Serve's message if it fails to deploy."""
     import time
@@ -214,6 +287,6 @@ def wait_running(app_name: str = APP_NAME, timeout_s: float = 180.0) -> None:
             if status == "RUNNING":
                 return
             if status in ("DEPLOY_FAILED", "UNHEALTHY"):
-                raise RuntimeError(f"Serve app {app_name!r} {last}")
+                raise RuntimeError(f"Serve app {app_name!r} {last}{_why_failed(app)}")
         time.sleep(0.5)
     raise TimeoutError(f"Serve app {app_name!r} not running after {timeout_s:.0f}s ({last})")

@@ -1,8 +1,9 @@
 """The Serve deployments: Encoder, TextEncoder, Decoder, and the FastAPI Ingress composing them.
 
 Each model deployment loads its weights once in `__init__` and keeps only the submodules it
-uses; the Encoder and Decoder batch requests dynamically (`@serve.batch`, sizes set through
-`user_config` so a redeploy can retune them without restarting replicas). They scale apart:
+uses; the Encoder and Decoder batch requests dynamically (`serve.batching.Batcher`: a lone
+request never waits; sizes set through `user_config` so a redeploy can retune them without
+restarting replicas). They scale apart:
 the Encoder keeps a warm minimum, the Decoder may sit at zero because selective decoding calls
 it rarely. The Ingress holds no state of its own; live streams live in the StreamStore actor.
 
@@ -16,6 +17,7 @@ import binascii
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -35,7 +37,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.clips import Sampling
 from serve import api
-from serve.clips import ClipError, decode_clip
+from serve.batching import Batcher
+from serve.clips import ClipError, decode_clip, predict
 from serve.config import AppArgs, served_detector
 from serve.security import ApiError, BodyLimitMiddleware, check_bearer, expected_token, read_uri
 from serve.streams import STREAM_ID, get_or_create_store, store_name
@@ -89,7 +92,7 @@ class Encoder:
         from serve.metrics import ModelMetrics
         from serve.model_loading import load_model
 
-        _torch_threads()
+        threads = _torch_threads()
         self.model = load_model(model_uri, preset, tracking_uri, keep=("x_encoder", "predictor"))
         # Clips are sampled as the model's X-encoder config says: the sampling its features
         # were pre-embedded with (pipelines.clips), so live and stored tokens agree.
@@ -98,12 +101,25 @@ class Encoder:
         self.image_size = self.sampling.size
         self.min_clip_frames = min_clip_frames
         self.metrics = ModelMetrics("encoder")
+        # Decoding runs beside the model (one decode thread per CPU, like torch's): the next
+        # batch's clips are decoded while the current batch runs. See serve/batching.py.
+        self.decode_pool = ThreadPoolExecutor(threads, thread_name_prefix="vljepa-decode")
+        self.batcher = Batcher(self._predict, **_BATCH_DEFAULTS, name="encoder")
+        self.batching = dict(_BATCH_DEFAULTS)
 
     def reconfigure(self, config: dict) -> None:
         cfg = {**_BATCH_DEFAULTS, **(config or {})}
-        self.predict_batch.set_max_batch_size(int(cfg["max_batch_size"]))
-        self.predict_batch.set_batch_wait_timeout_s(float(cfg["batch_wait_timeout_s"]))
+        self.batcher.configure(int(cfg["max_batch_size"]), float(cfg["batch_wait_timeout_s"]))
         self.batching = cfg
+
+    def timings(self, reset: bool = False) -> dict[str, Any]:
+        """Where this replica's recent requests spent their time, p50/p99 ms per stage:
+        `decode`, `queue` (waiting for the model), `model` (their batch's run), `total` (all of
+        it), and batch sizes. `reset`: start a new window (the benchmark does, per level)."""
+        out = {"replica": _replica_tag(), **self.batcher.timings.summary()}
+        if reset:
+            self.batcher.timings.reset()
+        return out
 
     def info(self) -> dict[str, Any]:
         """What the served model says about itself, from its saved config: how clips are
@@ -112,7 +128,7 @@ class Encoder:
         cfg = self.model.config
         x = cfg.x_encoder
         return {
-            "batching": getattr(self, "batching", _BATCH_DEFAULTS),
+            "batching": self.batching,
             "num_frames": int(x.num_frames),
             "image_size": int(x.image_size),
             "sampling": {
@@ -130,11 +146,19 @@ class Encoder:
     async def embed(self, data: bytes, query: str | None = None) -> dict[str, Any]:
         """{"embedding", "duration_s", "frames"} or {"error": {...}} for a bad clip (never raises
         on bad input: the ingress maps the error to a 4xx)."""
+        t0 = time.perf_counter()
+        loop = asyncio.get_running_loop()
         try:
-            clip = await asyncio.to_thread(decode_clip, data, self.sampling, self.min_clip_frames)
+            with self.batcher.preparing():  # a batch closing now waits for this clip
+                clip = await loop.run_in_executor(
+                    self.decode_pool, decode_clip, data, self.sampling, self.min_clip_frames
+                )
         except ClipError as e:
             return {"error": e.as_dict()}
-        emb = await self.predict_batch((clip.frames, query or ""))
+        timings = self.batcher.timings
+        timings.add("decode", (time.perf_counter() - t0) * 1000)
+        emb = await self.batcher.submit((clip.frames, query or ""))
+        timings.add("total", (time.perf_counter() - t0) * 1000)
         return {"embedding": emb, "duration_s": clip.duration_s, "frames": clip.source_frames}
 
     async def tokens(self, data: bytes) -> dict[str, Any]:
@@ -147,29 +171,11 @@ class Encoder:
         x = await asyncio.to_thread(self.model.x_encoder, clip.frames[None])
         return {"tokens": x[0].float().cpu().numpy()}
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def predict_batch(self, items: list[tuple[np.ndarray, str]]) -> list[np.ndarray]:
-        return await asyncio.to_thread(self._predict, items)
-
     def _predict(self, items: list[tuple[np.ndarray, str]]) -> list[np.ndarray]:
-        import torch
-
         t0 = time.perf_counter()
-        queries = [q for _, q in items]
-        # Clips keep their decoded picture size (the X-encoder resizes them): batch by shape.
-        by_shape: dict[tuple, list[int]] = {}
-        for i, (f, _) in enumerate(items):
-            by_shape.setdefault(f.shape, []).append(i)
-        enc = self.model.x_encoder
-        with torch.inference_mode():
-            x = torch.empty(len(items), enc.num_tokens, enc.hidden_size, device=enc.device)
-            for idx in by_shape.values():
-                x[idx] = enc(np.stack([items[i][0] for i in idx]))
-            q = self.model.predictor.tokenize(queries if any(queries) else None, len(items))
-            pred = self.model.predict(x, q["input_ids"], q["attention_mask"])
-        out = pred.float().cpu().numpy()
+        out = predict(self.model, items)
         self.metrics.batch(len(items), (time.perf_counter() - t0) * 1000)
-        return list(out)
+        return out
 
 
 @serve.deployment(
@@ -254,18 +260,23 @@ class Decoder:
             "vljepa_decoder_calls_total", description="Captions generated by the Decoder"
         )
         self.metrics = ModelMetrics("decoder")
+        # Nothing to prepare here (an embedding arrives ready): a caption runs at once when the
+        # Decoder is idle, and those arriving meanwhile go together next (serve/batching.py).
+        self.batcher = Batcher(self._generate, **_BATCH_DEFAULTS, name="decoder")
 
     def reconfigure(self, config: dict) -> None:
         cfg = {**_BATCH_DEFAULTS, **(config or {})}
-        self.generate_batch.set_max_batch_size(int(cfg["max_batch_size"]))
-        self.generate_batch.set_batch_wait_timeout_s(float(cfg["batch_wait_timeout_s"]))
+        self.batcher.configure(int(cfg["max_batch_size"]), float(cfg["batch_wait_timeout_s"]))
 
     async def caption(self, embedding: np.ndarray) -> str:
-        return await self.generate_batch(np.asarray(embedding, dtype=np.float32))
+        return await self.batcher.submit(np.asarray(embedding, dtype=np.float32))
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def generate_batch(self, embeddings: list[np.ndarray]) -> list[str]:
-        return await asyncio.to_thread(self._generate, embeddings)
+    def timings(self, reset: bool = False) -> dict[str, Any]:
+        """`queue` and `model` p50/p99 ms of recent captions and batch sizes (as the Encoder's)."""
+        out = {"replica": _replica_tag(), **self.batcher.timings.summary()}
+        if reset:
+            self.batcher.timings.reset()
+        return out
 
     def _generate(self, embeddings: list[np.ndarray]) -> list[str]:
         t0 = time.perf_counter()
@@ -298,9 +309,17 @@ class _Settings:
     max_request_bytes = 32 * 1024 * 1024
     metrics = None
     replica = ""
+    token: str | None = None  # None until an Ingress sets it: auth off only by configuration
+    public_docs = False
 
 
 app.add_middleware(BodyLimitMiddleware, limit_fn=lambda: _Settings.max_request_bytes)
+# The pages FastAPI serves by itself (no route of ours, so no `_auth` call): guarded below.
+_DOCS_PATHS = frozenset(
+    p
+    for p in (app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url)
+    if p
+)
 
 
 def _error(status: int, error: str, detail: Any = "") -> JSONResponse:
@@ -336,6 +355,22 @@ async def _internal_error(_req: Request, e: Exception) -> JSONResponse:
 
 
 @app.middleware("http")
+async def _guard_docs(request: Request, call_next):
+    """/docs, /redoc and /openapi.json need the bearer token like the API, unless the config
+    says `public_docs: true`. (Paths are matched below Serve's route prefix: `root_path`.)"""
+    path = request.scope.get("path", "")
+    root = request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :] or "/"
+    if path in _DOCS_PATHS and not _Settings.public_docs:
+        try:
+            check_bearer(request.headers.get("authorization"), _Settings.token)
+        except ApiError as e:
+            return _error(e.status, e.error, e.detail)
+    return await call_next(request)
+
+
+@app.middleware("http")
 async def _observe(request: Request, call_next):
     t0 = time.perf_counter()
     response = await call_next(request)
@@ -362,6 +397,11 @@ def _validation_detail(e: ValidationError) -> list:
 
 # Helpers the ingress methods call must be defined before the class: @serve.ingress captures
 # the module's names when it wraps the class.
+def _public_event(ev: dict) -> dict:
+    """A stream event as clients see it (no embedding, no claim time)."""
+    return {k: v for k, v in ev.items() if k not in ("embedding", "claimed_at")}
+
+
 def _check_stream_id(stream_id: str) -> None:
     if not STREAM_ID.match(stream_id):
         raise ApiError(400, "invalid stream id", "1-128 of [A-Za-z0-9_.:-], starting alphanumeric")
@@ -382,7 +422,11 @@ class Ingress:
         self.encoder = encoder
         self.text_encoder = text_encoder
         self.decoder = decoder
+        # Fails closed: a named token variable that is unset or empty stops this replica (and
+        # so the app) from starting, with one line saying so; a RayService cannot start open.
         self.token = expected_token(self.args.auth_token_env)
+        _Settings.token = self.token
+        _Settings.public_docs = self.args.public_docs
         _Settings.max_request_bytes = self.args.max_request_bytes
         self.metrics = _Settings.metrics = IngressMetrics()
         _Settings.replica = _replica_tag()
@@ -391,8 +435,12 @@ class Ingress:
         # the Encoder on first need (`_model`): a replica constructor must not wait on another
         # deployment. The stream store is created/configured then, before any stream clip.
         self.store = None
+        self._store_name = store_name(self.app_name, self.args.stream_store)
         self._served: dict[str, Any] | None = None
         self._served_lock = asyncio.Lock()
+        # Stream decodes still running after their request answered `pending`, by stream id
+        # (kept referenced until done; a stream request waits a little for its own stream's).
+        self._decoding: dict[str, set[asyncio.Task]] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -407,13 +455,45 @@ class Ingress:
             if self._served is None:
                 info = await self._retrying("encoder", lambda: self.encoder.info.remote())
                 detector, source = served_detector(self.args.detector, info.get("detector"))
-                name = store_name(self.app_name, self.args.stream_store)
-                store = await asyncio.to_thread(get_or_create_store, name, detector)
-                await store.configure.remote(detector)
-                self.store = store
+                self.store = await self._open_store(detector)
                 self._served = {**info, "detector": detector, "detector_source": source}
                 log.info("serving detector %s (from the %s)", detector, source)
         return self._served
+
+    async def _open_store(self, detector: dict[str, Any]):
+        """The app's stream store, configured with the served detector and writing to this
+        app's `stream_store_path`. A store left running by a deployment with another path is
+        replaced (what the new path holds is what the app serves from then on)."""
+        path = self.args.stream_store_path
+        name = self._store_name
+        store = await asyncio.to_thread(get_or_create_store, name, detector, path)
+        if (await store.location.remote())["path"] != path:
+            log.warning("stream store %s moves to %r: starting it afresh there", name, path)
+            ray.kill(store, no_restart=True)
+            store = await asyncio.to_thread(get_or_create_store, name, detector, path)
+        await store.configure.remote(detector)
+        return store
+
+    async def _store_call(self, method: str, *args, idempotent: bool = True, **kwargs):
+        """A stream-store call that outlives the store: if the actor died (killed, its node
+        lost) the call is retried, within `decode_retry_budget_s`, on the store as Ray restarts
+        it or, gone for good, as recreated here; either restores streams from storage. Not
+        `idempotent` (a clip without `seq`): 503 instead, as a retry might apply it twice."""
+        deadline = time.monotonic() + self.args.decode_retry_budget_s
+        delay = 0.1
+        while True:
+            try:
+                return await getattr(self.store, method).remote(*args, **kwargs)
+            except RayActorError as e:
+                if not idempotent or time.monotonic() + delay > deadline:
+                    raise ApiError(503, "stream store unavailable", type(e).__name__) from e
+                log.warning("stream store call %s failed (%s); retrying", method, type(e).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                detector = (await self._model())["detector"]
+                self.store = await asyncio.to_thread(
+                    get_or_create_store, self._store_name, detector, self.args.stream_store_path
+                )
 
     def _model_name(self) -> str:
         return self.args.model_uri or f"preset {self.args.model_preset} (untrained)"
@@ -491,14 +571,28 @@ class Ingress:
             raise ApiError(400, "empty clip", "the clip has no bytes")
         return req, data
 
-    async def _retrying(self, what: str, make_call):
+    async def _retrying(self, what: str, make_call, bounded: bool = False):
         """Await a handle call, retrying replica failures (a dead or restarting replica, back
-        pressure) with backoff for at most `decode_retry_budget_s`; then 503."""
-        deadline = time.monotonic() + self.args.decode_retry_budget_s
+        pressure) with backoff for at most `decode_retry_budget_s`; then 503. `bounded`: the
+        wait for an answer counts against the budget too: a deployment at zero replicas holds
+        the request until one has started, and one that never starts must not hold it forever."""
+        budget = self.args.decode_retry_budget_s
+        deadline = time.monotonic() + budget
         delay = 0.1
         while True:
             try:
-                return await make_call()
+                call = make_call()
+                if not bounded:
+                    return await call
+                fut = asyncio.ensure_future(call)
+                done, _ = await asyncio.wait([fut], timeout=max(deadline - time.monotonic(), 0))
+                if not done:
+                    call.cancel()  # leaves the queue: not counted as demand any more
+                    fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+                    raise ApiError(
+                        503, f"{what} unavailable", f"no replica answered within {budget:g}s"
+                    )
+                return done.pop().result()
             except _RETRYABLE as e:
                 if time.monotonic() + delay > deadline:
                     raise ApiError(503, f"{what} unavailable", type(e).__name__) from e
@@ -515,7 +609,9 @@ class Ingress:
         return out
 
     async def _caption(self, embedding: np.ndarray) -> str:
-        return await self._retrying("decoder", lambda: self.decoder.caption.remote(embedding))
+        return await self._retrying(
+            "decoder", lambda: self.decoder.caption.remote(embedding), bounded=True
+        )
 
     # ------------------------------------------------------------------ routes
 
@@ -533,7 +629,7 @@ class Ingress:
             info, _, _ = await asyncio.gather(
                 self.encoder.info.remote(),
                 self.text_encoder.ready.remote(),
-                self.store.ping.remote(),
+                self._store_call("ping"),
             )
             return served, info
 
@@ -615,19 +711,23 @@ class Ingress:
     )
     async def append_clip(self, stream_id: str, request: Request):
         """Append the next clip of a live stream; the response carries the captions selective
-        decoding emitted for it. A caption whose Decoder call failed after the retry budget is
-        returned as `pending` and decoded by a later request (no 5xx for stream appends)."""
+        decoding emitted for it. A caption not decoded within `stream_decode_wait_s` (the
+        Decoder starting from zero replicas, or failing past its retry budget) is returned as
+        `pending` and filled in the background or by a later request (no 5xx for stream
+        appends on the Decoder's account)."""
         _check_stream_id(stream_id)
         req, data = await self._read(request, api.StreamClipRequest)
         served = await self._model()  # the store runs the served detector from here on
         out = await self._embed(data, req.query)
-        res = await self.store.advance.remote(
+        res = await self._store_call(
+            "advance",
             stream_id,
             req.seq,
             out["embedding"],
             float(out["duration_s"]),
             req.time_s,
             detector=served["detector"],
+            idempotent=req.seq is not None,
         )
         if "error" in res:
             raise ApiError(res["status"], res["error"], res["detail"])
@@ -635,7 +735,7 @@ class Ingress:
         if res["replayed"]:
             events = res["events"]
         else:
-            older = await self.store.claim_pending.remote(stream_id)
+            older = await self._store_call("claim_pending", stream_id)
             events = await self._decode_events(stream_id, res["new"] + older)
         return api.StreamClipResponse(
             stream_id=stream_id,
@@ -646,21 +746,47 @@ class Ingress:
         )
 
     async def _decode_events(self, stream_id: str, events: list[dict]) -> list[dict]:
-        async def one(ev: dict) -> dict:
-            self.metrics.stream_decodes.inc()
+        """Decode claimed events, waiting at most `stream_decode_wait_s`: one not decoded by
+        then is answered `pending` while its decode goes on and stores the caption as soon as
+        the Decoder answers."""
+        tasks = [self._spawn_decode(stream_id, ev) for ev in events]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.args.stream_decode_wait_s)
+        return [
+            t.result() if t.done() else _public_event(ev)
+            for t, ev in zip(tasks, events, strict=True)
+        ]
+
+    def _spawn_decode(self, stream_id: str, ev: dict) -> asyncio.Task:
+        task = asyncio.create_task(self._decode_one(stream_id, ev))
+        running = self._decoding.setdefault(stream_id, set())
+        running.add(task)
+
+        def finished(t: asyncio.Task) -> None:
+            running.discard(t)
+            if not running and self._decoding.get(stream_id) is running:
+                del self._decoding[stream_id]
+
+        task.add_done_callback(finished)
+        return task
+
+    async def _decode_one(self, stream_id: str, ev: dict) -> dict:
+        """One event's caption, stored in the stream; on failure its claim is released (the
+        next request on the stream retries it) and the event comes back pending. Never raises:
+        it may finish long after the request that started it answered."""
+        self.metrics.stream_decodes.inc()
+        public = _public_event(ev)
+        try:
             try:
                 text = await self._caption(ev["embedding"])
             except ApiError:
-                await self.store.release.remote(stream_id, ev["event_id"])
-                return {k: v for k, v in ev.items() if k not in ("embedding", "claimed_at")}
-            done = await self.store.set_caption.remote(stream_id, ev["event_id"], text)
-            return done or {
-                **{k: v for k, v in ev.items() if k not in ("embedding", "claimed_at")},
-                "caption": text,
-                "status": "decoded",
-            }
-
-        return list(await asyncio.gather(*(one(e) for e in events)))
+                await self._store_call("release", stream_id, ev["event_id"])
+                return public
+            done = await self._store_call("set_caption", stream_id, ev["event_id"], text)
+            return done or {**public, "caption": text, "status": "decoded"}
+        except Exception as e:
+            log.warning("stream %s: event %s not decoded: %r", stream_id, ev["event_id"], e)
+            return public
 
     @app.get(
         "/v1/streams/{stream_id}/events",
@@ -668,13 +794,18 @@ class Ingress:
         responses=api.ERRORS,
     )
     async def stream_events(self, stream_id: str, request: Request):
+        """Every event so far. Pending captions are decoded first (those whose claim lapsed),
+        and decodes of this stream still running here are awaited, both for at most
+        `stream_decode_wait_s`."""
         self._auth(request)
         _check_stream_id(stream_id)
         await self._model()
-        pending = await self.store.claim_pending.remote(stream_id)
-        if pending:
-            await self._decode_events(stream_id, pending)
-        res = await self.store.events.remote(stream_id)
+        for ev in await self._store_call("claim_pending", stream_id):
+            self._spawn_decode(stream_id, ev)
+        running = self._decoding.get(stream_id)
+        if running:
+            await asyncio.wait(set(running), timeout=self.args.stream_decode_wait_s)
+        res = await self._store_call("events", stream_id)
         if res is None:
             raise ApiError(404, "unknown stream", stream_id)
         return api.StreamEventsResponse(**res)
@@ -684,6 +815,6 @@ class Ingress:
         self._auth(request)
         _check_stream_id(stream_id)
         await self._model()
-        if not await self.store.delete.remote(stream_id):
+        if not await self._store_call("delete", stream_id):
             raise ApiError(404, "unknown stream", stream_id)
         return api.DeleteResponse(stream_id=stream_id, deleted=True)

@@ -1,5 +1,6 @@
 """What the ingress refuses before any model runs: oversized bodies, clip URIs outside the
-configured prefixes (or escaping them with `..`), and requests without the bearer token.
+configured prefixes (or escaping them with `..`), and requests without the bearer token (an
+`auth_token_env` that names no token refuses to start the app rather than serve it open).
 
 Every refusal is an `ApiError` (status, error, detail) that the ingress turns into a 4xx JSON
 body; nothing here may raise anything else on bad input.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hmac
 import os
 import posixpath
+from collections.abc import Mapping
 from urllib.parse import unquote
 
 from pipelines import storage
@@ -148,11 +150,33 @@ def read_uri(uri: str, allowed_prefixes: list[str], max_bytes: int) -> bytes:
 # ---------------------------------------------------------------- auth
 
 
-def expected_token(env_name: str) -> str | None:
-    """The bearer token from the named env var; None = auth off."""
+class AuthMisconfigured(ValueError):
+    """`auth_token_env` names a variable that holds no token: the app must not start (one line)."""
+
+
+def expected_token(env_name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The bearer token from the variable `env_name` names (in `environ`, default this
+    process's environment); None only when no variable is named (auth off by choice).
+
+    Fails closed: a named variable that is unset or empty (a typo, a Secret not mounted) raises
+    AuthMisconfigured instead of silently serving without authentication. Surrounding
+    whitespace is dropped (a Secret made from a file often ends in a newline).
+    """
     if not env_name:
         return None
-    return os.environ.get(env_name) or None
+    env = os.environ if environ is None else environ
+    if env_name not in env:
+        raise AuthMisconfigured(
+            f"auth_token_env names {env_name!r}, but that variable is not set: set it to the "
+            "bearer token (or set auth_token_env to '' to serve without authentication)"
+        )
+    token = env[env_name].strip()
+    if not token:
+        raise AuthMisconfigured(
+            f"auth_token_env names {env_name!r}, but that variable is empty: set it to the "
+            "bearer token (or set auth_token_env to '' to serve without authentication)"
+        )
+    return token
 
 
 def check_bearer(header: str | None, token: str | None) -> None:

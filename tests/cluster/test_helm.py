@@ -41,6 +41,8 @@ ALL_ON = [
     "mlflow.postgres.existingSecret=mlflow-db",
     "--set",
     "serve.modelUri=models:/vljepa/3",
+    "--set",
+    "auth.existingSecret=vljepa-api-token",
 ]
 VALUE_SETS = {
     "default": [],
@@ -101,12 +103,12 @@ def test_helm_lint_passes(helm):
 
 
 @pytest.mark.parametrize("values", list(VALUE_SETS))
-def test_every_rendered_object_is_accepted(helm, kubeconfig, values):
+def test_every_rendered_object_is_accepted(helm, kubeconfig, k8s_namespace, values):
     import kubernetes_validate
     from kubernetes import client, config
 
     api = client.CustomObjectsApi(config.new_client_from_config(config_file=kubeconfig))
-    objs = render(helm, *VALUE_SETS[values])
+    objs = render(helm, *VALUE_SETS[values], namespace=k8s_namespace)
     kinds = sorted(o["kind"] for o in objs)
     expected = {"Deployment", "Service", "ServiceAccount", "RayService"}
     if values.endswith("all-templates"):
@@ -119,14 +121,14 @@ def test_every_rendered_object_is_accepted(helm, kubeconfig, values):
         for o in objs:
             if o["apiVersion"] == "ray.io/v1":
                 plural = o["kind"].lower() + "s"
-                api.create_namespaced_custom_object("ray.io", "v1", "default", plural, o)
+                api.create_namespaced_custom_object("ray.io", "v1", k8s_namespace, plural, o)
                 created.append((plural, o["metadata"]["name"]))
             else:
                 for v in KUBE_VERSIONS:
                     kubernetes_validate.validate(o, v, strict=True)
     finally:
         for plural, name in created:
-            api.delete_namespaced_custom_object("ray.io", "v1", "default", plural, name)
+            api.delete_namespaced_custom_object("ray.io", "v1", k8s_namespace, plural, name)
     assert len(created) == sum(1 for o in objs if o["apiVersion"] == "ray.io/v1")
 
 
@@ -182,6 +184,50 @@ def test_rayservice_serves_the_local_serve_config(helm):
     serve_config.validate(got)
 
 
+def _pod_specs(o: dict) -> list[dict]:
+    spec = o["spec"].get("rayClusterSpec") or o["spec"].get("rayClusterConfig") or o["spec"]
+    return [spec["headGroupSpec"]["template"]["spec"]] + [
+        g["template"]["spec"] for g in spec["workerGroupSpecs"]
+    ]
+
+
+def test_api_token_from_a_secret_reaches_the_serve_pods_only(helm):
+    """auth.existingSecret: every RayService pod reads the token through secretKeyRef into
+    auth.envName and the Serve config's auth_token_env names that variable (with serve.modelUri
+    kept); RayJob and RayCluster pods never get it. Without it, no pod has the variable."""
+    from serve import config as serve_config
+
+    objs = render(
+        helm,
+        *ALL_ON,
+        "--set",
+        "auth.secretKey=bearer",
+        "--set",
+        "serve.streamStorePath=s3://vljepa/streams",
+    )
+    (rs,) = [o for o in objs if o["kind"] == "RayService"]
+    args = serve_config.app_entry(yaml.safe_load(rs["spec"]["serveConfigV2"]))["args"]
+    assert args["auth_token_env"] == "VLJEPA_API_TOKEN" and args["model_uri"] == "models:/vljepa/3"
+    assert args["stream_store_path"] == "s3://vljepa/streams"
+    serve_config.validate(yaml.safe_load(rs["spec"]["serveConfigV2"]))
+    pods = _pod_specs(rs)
+    assert len(pods) == 2
+    for pod in pods:
+        (token,) = [e for e in pod["containers"][0]["env"] if e["name"] == "VLJEPA_API_TOKEN"]
+        assert token == {
+            "name": "VLJEPA_API_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "vljepa-api-token", "key": "bearer"}},
+        }
+    others = [o for o in objs if o["kind"] in {"RayJob", "RayCluster"}]
+    assert len(others) == 3
+    for o in others:
+        for pod in _pod_specs(o):
+            assert all(e["name"] != "VLJEPA_API_TOKEN" for e in pod["containers"][0]["env"])
+    (plain,) = [o for o in render(helm) if o["kind"] == "RayService"]
+    for pod in _pod_specs(plain):
+        assert all(e["name"] != "VLJEPA_API_TOKEN" for e in pod["containers"][0]["env"])
+
+
 def test_credentials_only_through_secret_refs_and_least_privilege(helm):
     objs = render(helm, *ALL_ON)
     pods = []
@@ -202,6 +248,7 @@ def test_credentials_only_through_secret_refs_and_least_privilege(helm):
                     "AWS_ACCESS_KEY_ID",
                     "AWS_SECRET_ACCESS_KEY",
                     "MLFLOW_BACKEND_STORE_URI",
+                    "VLJEPA_API_TOKEN",
                 }:
                     assert "value" not in e and "secretKeyRef" in e["valueFrom"], e
     (sa,) = [o for o in objs if o["kind"] == "ServiceAccount"]
@@ -223,6 +270,9 @@ def test_values_schema_refuses_bad_values(helm):
         (["--set", "env.AWS_SECRET_ACCESS_KEY=abc"], "env"),
         (["--set", "head.rayStartParams.num-cpus=2"], "Expected: string"),
         (["--set", "worker.replicas=5"], "minReplicas <= replicas <= maxReplicas"),
+        (["--set", "auth.envName=1-BAD"], "auth.envName"),
+        (["--set", "serve.streamStorePath=relative/streams"], "serve.streamStorePath"),
+        (["--set", "env.VLJEPA_API_TOKEN=plain"], "env"),
     ]:
         out = _helm(helm, "template", "vljepa", str(CHART), *bad, check=False)
         assert out.returncode != 0 and message in out.stderr, (bad, out.stderr)

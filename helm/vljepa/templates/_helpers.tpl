@@ -82,6 +82,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* The Serve API's bearer token (Serve pods only), only through secretKeyRef to an existing Secret. */}}
+{{- define "vljepa.authEnv" -}}
+{{- if .Values.auth.existingSecret }}
+- name: {{ .Values.auth.envName }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.auth.existingSecret }}
+      key: {{ .Values.auth.secretKey }}
+{{- end }}
+{{- end }}
+
 {{- define "vljepa.s3PlainEnv" -}}
 {{- if .Values.s3.endpoint }}
 - name: AWS_ENDPOINT_URL
@@ -148,6 +159,9 @@ headGroupSpec:
           imagePullPolicy: {{ $v.image.pullPolicy }}
           env:
             {{- include "vljepa.rayEnv" $root | trim | nindent 12 }}
+            {{- if and .serve $v.auth.existingSecret }}
+            {{- include "vljepa.authEnv" $root | trim | nindent 12 }}
+            {{- end }}
           ports:
             - {containerPort: 6379, name: gcs-server}
             - {containerPort: 8265, name: dashboard}
@@ -192,6 +206,9 @@ workerGroupSpecs:
             imagePullPolicy: {{ $v.image.pullPolicy }}
             env:
               {{- include "vljepa.rayEnv" $root | trim | nindent 14 }}
+              {{- if and .serve $v.auth.existingSecret }}
+              {{- include "vljepa.authEnv" $root | trim | nindent 14 }}
+              {{- end }}
             resources:
               {{- $res := deepCopy $v.worker.resources }}
               {{- if $v.gpu.enabled }}
