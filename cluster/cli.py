@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -40,6 +41,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+_VERBOSE_HELP = "debug logging, and Ray's own output (its workers', actors' and loggers' lines)"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that exits 2 with a one-line reason (no multi-line usage dump on stderr)."""
 
@@ -62,10 +66,14 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        # `vljepa embed ... -v` as well as `vljepa -v embed ...`
+        p.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP
+        )
         if name == selected:
             module = _load(name)
             if module.__doc__:
@@ -86,6 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     parser = build_parser(selected)
     args = parser.parse_args(argv)
+    from pipelines import connect
+
+    args.verbose = bool(args.verbose) or connect.verbose()  # -v, or VLJEPA_VERBOSE=1
+    # Ray's own output (workers', actors', loggers') stays in its log files unless -v; SIGTERM
+    # stops a command the way Ctrl-C does.
+    connect.quiet_console(not args.verbose)
+    connect.interrupt_on_sigterm()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -93,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:  # libraries' INFO lines (credentials found, ...) are not ours to print
         for noisy in ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "filelock"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # MLflow sets its own level when imported (later), from this variable.
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     if args.command is None:
         parser.print_help()
         return 2

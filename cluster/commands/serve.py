@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import time
 
 log = logging.getLogger(__name__)
@@ -77,47 +78,147 @@ def build_config(args: argparse.Namespace) -> tuple[dict, str]:
         if type(e).__name__ == "ValidationError":
             raise
         raise UsageError(str(e)) from e
+    # Auth fails closed: a named token variable that is unset or empty refuses here, in one
+    # line. A local Ray's replicas inherit this environment; a cluster's replicas check theirs.
+    remote = getattr(args, "address", None) or os.environ.get("RAY_ADDRESS")
+    try:
+        sc.check_auth(cfg, None if remote else os.environ)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
     return cfg, tracking_uri
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipelines.connect import connect, quiet, resolve_address
     from serve import config as sc
 
     cfg, tracking_uri = build_config(args)
+    remote = resolve_address(args.address)
+    # A model that cannot load fails here, in one line, before any Ray process starts.
+    check_model((sc.app_entry(cfg).get("args") or {}).get("model_uri", ""), tracking_uri, remote)
+
+    # Serve's controller and proxies are this driver's actors: their output is Ray's, not ours.
+    # A local Ray counts at least 4 logical CPUs so the Encoder/Decoder can add a replica on a
+    # small dev machine (they share the cores; on a cluster the CPUs are real).
+    connect(
+        args.address,
+        namespace="serve",
+        num_cpus=None if remote else max(4, os.cpu_count() or 1),
+        log_to_driver=not quiet(),
+    )
+    # SIGTERM (a supervisor, `kill`) stops as cleanly as Ctrl-C. Installed after Ray's start:
+    # Ray's core worker puts a native handler on SIGTERM that dumps a stack and dies, leaving
+    # the local Ray's processes behind (`connect` does this too when run from the CLI).
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        sc.deploy(cfg)
+        t0 = time.monotonic()
+        print(f"deploying the vljepa Serve app (MLflow store {tracking_uri}) ...", flush=True)
+        try:
+            sc.wait_running(sc.APP_NAME, timeout_s=600)
+        except (RuntimeError, TimeoutError) as e:
+            print(f"vljepa serve: {e}", flush=True)
+            return 1
+        urls = sc.urls(cfg)
+        print(f"vljepa serve: running after {time.monotonic() - t0:.0f}s", flush=True)
+        for name, url in urls.items():
+            print(f"  {name:7s} {url}", flush=True)
+        if args.no_block:
+            return 0
+        print("press Ctrl-C to stop", flush=True)
+        while True:
+            time.sleep(5)
+    except KeyboardInterrupt:
+        _stop(cfg, local=remote is None)
+    return 0
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop(cfg: dict, local: bool) -> None:
+    """Serve shut down (replicas drained), the stream store dropped, and the local Ray this
+    command started stopped with every process it ran; a second signal meanwhile is ignored."""
+    import contextlib
 
     import ray
     from ray import serve
 
-    if args.address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=args.address, namespace="serve", logging_level="WARNING")
-    else:
-        # A local Ray counts at least 4 logical CPUs so the Encoder/Decoder can add a replica
-        # on a small dev machine (they share the cores; on a cluster the CPUs are real).
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), namespace="serve", logging_level="WARNING")
-    sc.deploy(cfg)
-    t0 = time.monotonic()
-    print(f"deploying the vljepa Serve app (MLflow store {tracking_uri}) ...", flush=True)
-    try:
-        sc.wait_running(sc.APP_NAME, timeout_s=600)
-    except (RuntimeError, TimeoutError) as e:
-        print(f"vljepa serve: {e}", flush=True)
-        return 1
-    urls = sc.urls(cfg)
-    print(f"vljepa serve: running after {time.monotonic() - t0:.0f}s", flush=True)
-    for name, url in urls.items():
-        print(f"  {name:7s} {url}", flush=True)
-    if args.no_block:
-        return 0
-    print("press Ctrl-C to stop", flush=True)
-    try:
-        while True:
-            time.sleep(5)
-    except KeyboardInterrupt:
-        print("shutting down Serve ...", flush=True)
-        from serve.streams import drop_store, store_name
+    from serve import config as sc
+    from serve.streams import drop_store, store_name
 
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    print("shutting down Serve ...", flush=True)
+    with contextlib.suppress(Exception):  # already gone (a failed deploy): nothing to stop
         serve.shutdown()
+    with contextlib.suppress(Exception):
         drop_store(
             store_name(sc.APP_NAME, sc.app_entry(cfg).get("args", {}).get("stream_store", ""))
         )
-    return 0
+    ray.shutdown()
+    print("vljepa serve: stopped" + (" (local Ray stopped)" if local else ""), flush=True)
+
+
+def check_model(uri: str, tracking_uri: str, remote: str | None = None) -> None:
+    """Raise UsageError (one line) if `uri` names no model: a folder that does not exist or holds
+    no saved VLJEPA, a `models:/` version or `runs:/` run the MLflow store does not have, or an
+    empty S3 prefix. Creates nothing: a SQLite store that does not exist is not created. With a
+    remote cluster (`remote`), local paths are the cluster's to resolve and are not checked.
+    '' (the untrained preset) and other schemes pass."""
+    from cluster.cli import UsageError
+    from pipelines import storage, tracking_store
+
+    if not uri:
+        return
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    if "://" not in path and not path.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
+        if remote:
+            return
+        from serve.model_loading import find_model_dir
+
+        if not os.path.isdir(path):
+            raise UsageError(f"model {uri!r}: no such folder")
+        try:
+            find_model_dir(path)
+        except FileNotFoundError as e:
+            raise UsageError(f"model {uri!r}: {e}") from None
+        return
+    if storage.is_s3(uri):
+        try:
+            found = storage.list_files(uri, recursive=True)
+        except OSError as e:
+            raise UsageError(f"model {uri!r}: cannot list it ({e})") from None
+        if not found:
+            raise UsageError(f"model {uri!r}: nothing stored there")
+        return
+    if not uri.startswith(("models:/", "runs:/")):
+        return
+    db = tracking_store.sqlite_path(tracking_uri)
+    if db and not os.path.exists(db):
+        if remote:
+            return
+        raise UsageError(
+            f"model {uri!r}: no MLflow store at {db} (give --tracking-uri or MLFLOW_TRACKING_URI)"
+        )
+    try:
+        _resolve_in_store(uri, tracking_uri)
+    except Exception as e:  # MlflowException (unknown model/version/run), store unreachable
+        reason = (getattr(e, "message", None) or str(e) or type(e).__name__).splitlines()[0]
+        raise UsageError(f"model {uri!r} does not resolve in {tracking_uri}: {reason}") from None
+
+
+def _resolve_in_store(uri: str, tracking_uri: str) -> None:
+    """The registered version (models:/) or the run (runs:/) `uri` names, or an exception."""
+    from mlflow import MlflowClient
+    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+    from pipelines import mlflow_uri
+
+    if uri.startswith("models:/"):
+        mlflow_uri.model_version_source(uri, tracking_uri)
+        return
+    run_id, _ = RunsArtifactRepository.parse_runs_uri(uri)
+    MlflowClient(tracking_uri, registry_uri=tracking_uri).get_run(run_id)

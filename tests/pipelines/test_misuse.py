@@ -1,6 +1,7 @@
-"""Misuse of `vljepa embed` and `vljepa train` gets one line and exit 2, before anything is
-written: no output folder, no MLflow run, no Ray job. Real CLI processes; S3 cases against the
-session's SeaweedFS server (which checks signatures)."""
+"""Misuse of `vljepa embed`, `vljepa train` and `vljepa serve` gets one line and exit 2, before
+anything is written: no output folder, no MLflow run or store, no Ray job or local Ray. Real CLI
+processes; S3 cases against the session's SeaweedFS server (which checks signatures), the
+registry case against the session's MLflow server."""
 
 from __future__ import annotations
 
@@ -83,6 +84,8 @@ def test_wrong_credentials(cli, manifest, s3):
 def test_train_on_an_empty_features_folder(cli, tmp_path):
     (tmp_path / "features" / "data").mkdir(parents=True)
     _one_line_exit_2(cli("train", "--data", tmp_path / "features"), "no Parquet features")
+    # the command ran in tmp_path: no MLflow store, no run folder was created there
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features"]
 
 
 def test_train_on_features_without_train_rows(cli, tmp_path):
@@ -128,3 +131,39 @@ def test_train_on_features_without_train_rows(cli, tmp_path):
     out = cli("train", "--data", tmp_path / "f", "--tracking-uri", f"sqlite:///{db}")
     _one_line_exit_2(out, "0 rows with split='train'", "val")
     assert not db.exists()  # no run was opened
+
+
+# ------------------------------------------------------------------------------ vljepa serve
+
+
+def _serve(cli, tmp_path: Path, *args: str, tracking_uri: str | None = None):
+    """`vljepa serve` as a user on one machine runs it (its own local Ray, not the session's
+    cluster), with Ray's temp dir under tmp_path so a start would leave a trace there."""
+    from tests.services import free_port
+
+    ray_tmp = tmp_path / "ray"
+    ray_tmp.mkdir()
+    env = {"RAY_ADDRESS": "", "RAY_TMPDIR": str(ray_tmp), "MLFLOW_TRACKING_URI": ""}
+    flags = ["--port", str(free_port()), "--host", "127.0.0.1"]
+    if tracking_uri:
+        flags += ["--tracking-uri", tracking_uri]
+    out = cli("serve", *args, *flags, env=env, timeout=180)
+    assert not any(ray_tmp.iterdir()), "a Ray was started before the refusal"
+    return out
+
+
+def test_serve_a_model_version_the_registry_does_not_have(cli, tmp_path, mlflow_server):
+    out = _serve(cli, tmp_path, "--model", "models:/nope/1", tracking_uri=mlflow_server.url)
+    _one_line_exit_2(out, "models:/nope/1", "does not resolve", "nope")
+
+
+def test_serve_a_registry_uri_without_a_store(cli, tmp_path):
+    """The default store (./mlruns/mlflow.db) does not exist: refused, and not created."""
+    out = _serve(cli, tmp_path, "--model", "models:/nope/1")
+    _one_line_exit_2(out, "models:/nope/1", "no MLflow store")
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_serve_a_missing_model_folder(cli, tmp_path):
+    out = _serve(cli, tmp_path, "--model", str(tmp_path / "no-model"))
+    _one_line_exit_2(out, "no-model", "no such folder")
