@@ -11,11 +11,23 @@ Fixtures (session-scoped unless noted):
   ray_session      -> the GCS address, with this process connected via ray.init
   mlflow_server    -> MlflowServer(url, backend_uri, artifacts_dir, env)  (local artifacts)
   mlflow_server_s3 -> MlflowServer with artifacts proxied to s3://bucket/mlartifacts
-  kubeconfig       -> path of a kubeconfig (KUBECONFIG, or ../shared/tools/kube/start.sh)
+  kubeconfig       -> path of a kubeconfig for a real API server with the KubeRay CRDs
+  k8s_namespace    -> the namespace every Kubernetes object of the session lives in
   synth_corpus     -> Path of a 40-clip, 2-stream synthetic corpus (seed 0)
   embedded_corpus, trained_model, decoded_model -> the trained-model runs (tests/trained_models.py)
   cli              -> (function) run `vljepa ...` as a subprocess with the session env
   session_dir      -> Path of this session's scratch directory (logs under logs/)
+
+Kubernetes: by default the session starts its own API server (../shared/tools/kube/start.sh) and
+never uses an inherited KUBECONFIG, ~/.kube/config or in-cluster credentials: until the
+`kubeconfig` fixture sets it to that server, KUBECONFIG names a path that cannot exist. Set
+VLJEPA_TEST_USE_KUBECONFIG=1 to run the k8s tests against the cluster KUBECONFIG names instead.
+Either way the session's ray.io objects live in a namespace of its own (vljepa-test-<hex>,
+`k8s_namespace`; tests pass it as `-n`), deleted at the end; the session fails at teardown if
+an object it made appeared in any other namespace (tests/kube.py).
+
+The shared demo (tests/demo_fixture.py): its consumers run as one group, and a test marked
+`stops_demo` (the SIGTERM test) runs last in it, so no test depends on file order.
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import services
+from tests import demo_fixture, kube, services
 from tests.services import Service, free_port, free_port_block, http_ok, tcp_open, wait_until
 
 # The trained-model session fixtures (embedded_corpus, trained_model, decoded_model), shared by
@@ -65,6 +77,15 @@ _SESSION_ENV = {
 }
 for _k, _v in _SESSION_ENV.items():
     os.environ.setdefault(_k, _v)
+# No inherited cluster unless asked for (see the module docstring): the kubeconfig fixture sets
+# KUBECONFIG to the session's own server while it runs.
+_INHERITED_KUBECONFIG = os.environ.get("KUBECONFIG") if kube.opted_in() else None
+if not kube.opted_in():
+    os.environ["KUBECONFIG"] = kube.NO_KUBECONFIG
+    for _var in kube.IN_CLUSTER_VARS:
+        os.environ.pop(_var, None)
+SESSION_NAMESPACE = kube.new_namespace_name()
+_kube_session: kube.SessionNamespace | None = None
 # Jobs submitted to the session's Ray head run the bare `vljepa` command: the venv's bin must be
 # on PATH even when pytest is started as `.venv/bin/python -m pytest` rather than `make test`.
 _venv_bin = str(Path(sys.executable).parent)
@@ -397,10 +418,12 @@ def mlflow_server_s3(s3: S3Server) -> MlflowServer:
 
 
 def _kube_unavailable_reason() -> str | None:
-    if os.environ.get("KUBECONFIG"):
+    if kube.opted_in():
+        if not _INHERITED_KUBECONFIG:
+            return f"{kube.OPT_IN_VAR}=1 but KUBECONFIG is not set"
         return None
     if not (KUBE_TOOLS / "start.sh").exists():
-        return f"no KUBECONFIG and no {KUBE_TOOLS / 'start.sh'}: k8s tests need a Kubernetes API server"
+        return f"no {KUBE_TOOLS / 'start.sh'}: k8s tests need a Kubernetes API server"
     missing = [t for t in ("openssl", "curl", "xz") if shutil.which(t) is None]
     if missing:
         return f"{KUBE_TOOLS / 'start.sh'} needs {', '.join(missing)}, not installed"
@@ -477,22 +500,44 @@ def _wait_for_crds(path: str, log: Path, timeout_s: float = 60) -> None:
 
 @pytest.fixture(scope="session")
 def kubeconfig() -> str:
-    """A kubeconfig for a real API server with the KubeRay CRDs (KUBECONFIG if set, else start.sh).
+    """A kubeconfig for a real API server with the KubeRay CRDs: the session's own (start.sh),
+    or the inherited KUBECONFIG with VLJEPA_TEST_USE_KUBECONFIG=1. The session namespace is
+    made here and, with every object in it, removed at the end, where objects the session left
+    in any other namespace fail it.
 
     Tests that use it are marked `k8s` automatically and skipped, with the reason in the summary,
-    when neither exists.
+    when no server can exist.
     """
+    global _kube_session
     reason = _kube_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    if os.environ.get("KUBECONFIG"):
-        yield os.environ["KUBECONFIG"]
-        return
-    server = _launch("kubeconfig").result()
-    os.environ["KUBECONFIG"] = server.kubeconfig
-    yield server.kubeconfig
-    os.environ.pop("KUBECONFIG", None)
-    server.stop()
+    server: _KubeServer | None = None
+    if kube.opted_in():
+        path = str(_INHERITED_KUBECONFIG)
+    else:
+        server = _launch("kubeconfig").result()
+        path = server.kubeconfig
+    os.environ["KUBECONFIG"] = path
+    _kube_session = kube.SessionNamespace(path, SESSION_NAMESPACE).open()
+    yield path
+    try:
+        strays = _kube_session.close()
+    finally:
+        os.environ["KUBECONFIG"] = path if kube.opted_in() else kube.NO_KUBECONFIG
+        if server is not None:
+            server.stop()
+    if strays:
+        pytest.fail(
+            f"test objects outside the session namespace {SESSION_NAMESPACE} (left in place): "
+            + ", ".join(map(str, strays))
+        )
+
+
+@pytest.fixture(scope="session")
+def k8s_namespace(kubeconfig: str) -> str:  # noqa: ARG001 - the namespace exists while it does
+    """The namespace (vljepa-test-<hex>) all of the session's Kubernetes objects go in."""
+    return SESSION_NAMESPACE
 
 
 _STARTERS: dict[str, Callable[[], object]] = {
@@ -572,8 +617,14 @@ def cli_module(
 # --------------------------------------------------------------------------- hooks
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", demo_fixture.STOPS_DEMO_MARKER)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark tests that use the kubeconfig fixture as k8s; skip k8s tests when no server can exist."""
+    """Mark tests that use the kubeconfig fixture as k8s; skip k8s tests when no server can exist;
+    run the shared demo's consumers as one group, its stopper last (tests/demo_fixture.py)."""
+    demo_fixture.group_demo_items(items)
     reason = _kube_unavailable_reason()
     for item in items:
         if "kubeconfig" in getattr(item, "fixturenames", ()):
@@ -595,7 +646,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         if item.get_closest_marker("skip"):
             continue
         wanted.update(n for n in getattr(item, "fixturenames", ()) if n in _STARTERS)
-    if "kubeconfig" in wanted and (os.environ.get("KUBECONFIG") or _kube_unavailable_reason()):
+    if "kubeconfig" in wanted and (kube.opted_in() or _kube_unavailable_reason()):
         wanted.discard("kubeconfig")
     # Slowest first, so the pool's threads pick them up before the quick ones.
     for name in ("ray_cluster", "kubeconfig", "mlflow_server", "mlflow_server_s3", "s3"):
@@ -624,6 +675,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
     reason = _kube_unavailable_reason()
     if reason:
         terminalreporter.write_line(f"k8s tests skipped: {reason}")
+    elif _kube_session is not None:
+        where = "KUBECONFIG (opted in)" if kube.opted_in() else "the session's own API server"
+        terminalreporter.write_line(f"k8s tests used {where}, namespace {SESSION_NAMESPACE}")
     if _started:
         terminalreporter.write_sep("-", "service start-up (seconds to ready, started in parallel)")
         for name, seconds in _started:

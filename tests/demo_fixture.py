@@ -8,6 +8,14 @@ the demo treats like Ctrl-C: it tears its Serve app down and exits 0.
 
 Both modules import `demo_run`; the run itself is a module-level singleton, so however many
 modules register the fixture, the demo runs once.
+
+Stopping the demo is itself under test (SIGTERM tears Serve down, exit 0), and a second demo
+would double the suite's longest wait, so one test, marked `stops_demo`, stops the shared run.
+No test may depend on file order for that: `group_demo_items` (called from tests/conftest.py at
+collection) runs every test that uses the demo as one contiguous group, where the first of them
+was collected, with the `stops_demo` tests last. So the browser test gets a live demo whether
+its file comes before or after tests/test_demo.py, and tests outside the group that restart
+Serve on the shared cluster (tests/serve) never run while the demo holds it.
 """
 
 from __future__ import annotations
@@ -33,6 +41,24 @@ SIZES = {"clips": 60, "streams": 1, "steps": 12, "decoder-steps": 100}
 READY_LINE = "serving for"  # printed once the stream is done and the demo keeps serving
 # An idle 2-core machine needs ~4 minutes; a machine shared with other jobs can need far more.
 START_TIMEOUT_S = float(os.environ.get("VLJEPA_DEMO_TIMEOUT_S", "900"))
+STOPS_DEMO = "stops_demo"
+STOPS_DEMO_MARKER = f"{STOPS_DEMO}: ends the shared demo run; runs after every other demo test"
+FIXTURE = "demo_run"
+
+
+def group_demo_items(items: list[pytest.Item]) -> None:
+    """Reorder in place: the demo's users as one group at the first one's place, stoppers last.
+
+    The order inside each part is pytest's own (file order); everything else keeps its order.
+    """
+    uses = [FIXTURE in getattr(item, "fixturenames", ()) for item in items]
+    if not any(uses):
+        return
+    first = uses.index(True)
+    group = [item for item, u in zip(items, uses, strict=True) if u]
+    group.sort(key=lambda item: item.get_closest_marker(STOPS_DEMO) is not None)  # stable
+    others = [item for item, u in zip(items, uses, strict=True) if not u]
+    items[:] = others[:first] + group + others[first:]
 
 
 @dataclass
@@ -139,5 +165,11 @@ def demo_run(ray_cluster, mlflow_server, session_dir) -> DemoRun:
         except AssertionError as e:
             _FAILED = str(e).splitlines()[0]
             raise
+    elif _RUN.returncode is not None:
+        # Only reachable if the grouping above was bypassed (e.g. a plugin reordered tests).
+        pytest.fail(
+            f"the shared demo was already stopped (exit {_RUN.returncode}); "
+            f"tests marked {STOPS_DEMO} must run after every other demo test"
+        )
     yield _RUN
     _RUN.stop()

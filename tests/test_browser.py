@@ -21,7 +21,8 @@ import pytest
 from tests import demo_fixture
 from tests.demo_fixture import DemoRun
 
-demo_run = demo_fixture.demo_run  # the shared session fixture
+# The shared session fixture: still serving here in any file order (group_demo_items).
+demo_run = demo_fixture.demo_run
 # The first test to ask for the demo waits for its run (the suite-wide timeout is 600 s).
 pytestmark = pytest.mark.timeout(demo_fixture.START_TIMEOUT_S + 300)
 

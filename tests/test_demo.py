@@ -2,7 +2,8 @@
 where it landed (Parquet on disk, runs and model versions on the MLflow server, a caption stream
 served over HTTP), then the demo is stopped the way Ctrl-C stops it.
 
-The run is shared with tests/test_browser.py (see tests/demo_fixture.py).
+The run is shared with tests/test_browser.py (see tests/demo_fixture.py); the SIGTERM test,
+which ends it, runs after both files' other tests whatever order the files are given in.
 """
 
 from __future__ import annotations
@@ -113,8 +114,10 @@ def test_bad_arguments_exit_2_with_one_line(cli, args, field):
     assert len(lines) == 1 and lines[0].startswith("vljepa demo: error:") and field in lines[0]
 
 
-def test_zz_sigterm_stops_serving_cleanly(demo_run: DemoRun):
-    """Last in this module: Ctrl-C/SIGTERM tears the Serve app down and exits 0."""
+@pytest.mark.stops_demo
+def test_sigterm_stops_serving_cleanly(demo_run: DemoRun):
+    """Ctrl-C/SIGTERM tears the Serve app down and exits 0. Marked `stops_demo`: it runs after
+    every other test of the shared demo, in any file order (tests/demo_fixture.py)."""
     assert demo_run.stop() == 0, demo_run.stdout[-3000:]
     assert "stopping Serve" in demo_run.stdout
     with pytest.raises(httpx.HTTPError):

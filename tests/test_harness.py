@@ -121,7 +121,7 @@ def _walk(root: str) -> list[str]:
 # --------------------------------------------------------------------------- Kubernetes
 
 
-def _rayjob(name: str, **spec_overrides) -> dict:
+def _rayjob(name: str, namespace: str, **spec_overrides) -> dict:
     spec = {
         "entrypoint": "python -c 'print(1)'",
         "shutdownAfterJobFinishes": True,
@@ -139,41 +139,106 @@ def _rayjob(name: str, **spec_overrides) -> dict:
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayJob",
-        "metadata": {"name": name, "namespace": "default"},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": spec,
     }
 
 
 @pytest.mark.k8s
-def test_rayjob_created_and_schema_invalid_refused(kubeconfig):
+def test_rayjob_created_and_schema_invalid_refused(kubeconfig, k8s_namespace):
     """The API server stores a valid RayJob and refuses a schema-invalid one with 422."""
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
 
     api = client.CustomObjectsApi(config.new_client_from_config(config_file=kubeconfig))
     name = f"harness-{uuid.uuid4().hex[:8]}"
-    created = api.create_namespaced_custom_object(
-        "ray.io", "v1", "default", "rayjobs", _rayjob(name)
-    )
+    ns = k8s_namespace
+    created = api.create_namespaced_custom_object("ray.io", "v1", ns, "rayjobs", _rayjob(name, ns))
     try:
         assert created["metadata"]["uid"]
-        got = api.get_namespaced_custom_object("ray.io", "v1", "default", "rayjobs", name)
+        got = api.get_namespaced_custom_object("ray.io", "v1", ns, "rayjobs", name)
         assert got["spec"]["entrypoint"] == "python -c 'print(1)'"
         names = [
             o["metadata"]["name"]
-            for o in api.list_namespaced_custom_object("ray.io", "v1", "default", "rayjobs")[
-                "items"
-            ]
+            for o in api.list_namespaced_custom_object("ray.io", "v1", ns, "rayjobs")["items"]
         ]
         assert name in names
 
-        bad = _rayjob(name + "-bad", shutdownAfterJobFinishes="yes please")
+        bad = _rayjob(name + "-bad", ns, shutdownAfterJobFinishes="yes please")
         with pytest.raises(ApiException) as err:
-            api.create_namespaced_custom_object("ray.io", "v1", "default", "rayjobs", bad)
+            api.create_namespaced_custom_object("ray.io", "v1", ns, "rayjobs", bad)
         assert err.value.status == 422
         assert "shutdownAfterJobFinishes" in err.value.body
     finally:
-        api.delete_namespaced_custom_object("ray.io", "v1", "default", "rayjobs", name)
+        api.delete_namespaced_custom_object("ray.io", "v1", ns, "rayjobs", name)
+
+
+def test_an_inherited_cluster_is_not_used_without_opt_in():
+    """KUBECONFIG and in-cluster variables from the caller's shell never reach the tests (or the
+    `vljepa` subprocesses they start) unless VLJEPA_TEST_USE_KUBECONFIG=1: tests/conftest.py,
+    imported by a fresh interpreter with both set, replaces the one and drops the others."""
+    import subprocess
+    import sys
+
+    from tests import kube
+
+    env = {
+        **{k: v for k, v in os.environ.items() if k != kube.OPT_IN_VAR},
+        "KUBECONFIG": "/inherited/kubeconfig",
+        "KUBERNETES_SERVICE_HOST": "10.0.0.1",
+        "KUBERNETES_SERVICE_PORT": "443",
+    }
+    probe = (
+        "import json, os, tests.conftest; "
+        "print(json.dumps({k: os.environ.get(k) for k in "
+        "('KUBECONFIG', 'KUBERNETES_SERVICE_HOST', 'KUBERNETES_SERVICE_PORT')}))"
+    )
+    repo = Path(__file__).resolve().parents[1]
+
+    def run(extra: dict[str, str]) -> dict:
+        out = subprocess.run(
+            [sys.executable, "-c", probe],
+            env={**env, **extra},
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert run({}) == {
+        "KUBECONFIG": kube.NO_KUBECONFIG,
+        "KUBERNETES_SERVICE_HOST": None,
+        "KUBERNETES_SERVICE_PORT": None,
+    }
+    assert run({kube.OPT_IN_VAR: "1"})["KUBECONFIG"] == "/inherited/kubeconfig"
+
+
+def test_an_object_outside_the_session_namespace_is_caught(kubeconfig, k8s_namespace):
+    """The session-end guard, against the real server: a RayJob made in another namespace is
+    named as a stray, one in the session namespace is not, and neither is left behind."""
+    from kubernetes import client, config
+
+    from tests import kube
+
+    assert k8s_namespace.startswith(kube.NAMESPACE_PREFIX)
+    api_client = config.new_client_from_config(config_file=kubeconfig)
+    api = client.CustomObjectsApi(api_client)
+    before = kube.snapshot(api_client)
+    elsewhere = kube.SessionNamespace(kubeconfig, f"{k8s_namespace}-stray").open()
+    name = f"stray-{uuid.uuid4().hex[:8]}"
+    try:
+        for ns in (k8s_namespace, elsewhere.name):
+            api.create_namespaced_custom_object("ray.io", "v1", ns, "rayjobs", _rayjob(name, ns))
+        found = kube.strays(before, kube.snapshot(api_client), k8s_namespace)
+        assert [(o.namespace, o.plural, o.name) for o in found] == [
+            (elsewhere.name, "rayjobs", name)
+        ]
+    finally:
+        api.delete_namespaced_custom_object("ray.io", "v1", k8s_namespace, "rayjobs", name)
+        elsewhere.close()  # deletes the stray (and its Namespace, on a full cluster)
+    assert kube.strays(before, kube.snapshot(api_client), k8s_namespace) == []
 
 
 # --------------------------------------------------------------------------- Ray

@@ -103,7 +103,9 @@ def test_k8s_only_flags_and_bad_tokens_are_refused_clearly(cli, ray_cluster):
     assert len(bad.stderr.strip().splitlines()) == 1 and "error" in bad.stderr, bad.stderr
 
 
-def test_failed_job_and_rayjob_logs_through_its_dashboard(cli, ray_cluster, kubeconfig):
+def test_failed_job_and_rayjob_logs_through_its_dashboard(
+    cli, ray_cluster, kubeconfig, k8s_namespace
+):
     """A failing job exits 1 with Ray's reason; `jobs logs NAME --k8s` reads it via the RayJob."""
     url = ray_cluster.dashboard_url
     sid = f"vljepa-fail-{int(time.time() * 1000) % 10**9}"
@@ -126,7 +128,8 @@ def test_failed_job_and_rayjob_logs_through_its_dashboard(cli, ray_cluster, kube
 
     api = client.CustomObjectsApi(config.new_client_from_config(config_file=kubeconfig))
     name = "logs-through-dashboard"
-    made = cli("submit", "synth", "--k8s", "--no-check-args", "--name", name)
+    ns = k8s_namespace
+    made = cli("submit", "synth", "--k8s", "-n", ns, "--no-check-args", "--name", name)
     assert made.returncode == 0, made.stderr
     try:
         # --- stand-in for the KubeRay operator: the job ran on "its" cluster, whose dashboard
@@ -134,7 +137,7 @@ def test_failed_job_and_rayjob_logs_through_its_dashboard(cli, ray_cluster, kube
         api.patch_namespaced_custom_object_status(
             "ray.io",
             "v1",
-            "default",
+            ns,
             "rayjobs",
             name,
             {
@@ -146,10 +149,10 @@ def test_failed_job_and_rayjob_logs_through_its_dashboard(cli, ray_cluster, kube
                 }
             },
         )
-        logs = cli("jobs", "logs", name, "--k8s")
+        logs = cli("jobs", "logs", name, "--k8s", "-n", ns)
         assert logs.returncode == 0, logs.stderr
         assert "--no-such-flag" in logs.stdout
-        status = cli("jobs", "status", name, "--k8s")
+        status = cli("jobs", "status", name, "--k8s", "-n", ns)
         assert status.returncode == 1 and "Complete / job FAILED" in status.stdout
     finally:
-        cli("jobs", "delete", name, "--k8s")
+        cli("jobs", "delete", name, "--k8s", "-n", ns)

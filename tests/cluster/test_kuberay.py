@@ -30,15 +30,21 @@ def api(kubeconfig):
     return client.CustomObjectsApi(config.new_client_from_config(config_file=kubeconfig))
 
 
-def _get(api, name, plural="rayjobs"):
-    return api.get_namespaced_custom_object("ray.io", "v1", "default", plural, name)
+@pytest.fixture(scope="module")
+def ns(k8s_namespace) -> str:
+    """The session's namespace: every object below is made there (`-n ns` on each command)."""
+    return k8s_namespace
 
 
-def _exists(api, name, plural="rayjobs") -> bool:
+def _get(api, ns, name, plural="rayjobs"):
+    return api.get_namespaced_custom_object("ray.io", "v1", ns, plural, name)
+
+
+def _exists(api, ns, name, plural="rayjobs") -> bool:
     from kubernetes.client.exceptions import ApiException
 
     try:
-        _get(api, name, plural)
+        _get(api, ns, name, plural)
         return True
     except ApiException as e:
         if e.status == 404:
@@ -46,10 +52,10 @@ def _exists(api, name, plural="rayjobs") -> bool:
         raise
 
 
-def _operator_patch(api, name, status: dict) -> None:
+def _operator_patch(api, ns, name, status: dict) -> None:
     """Stand-in for the KubeRay operator (none can run here): write status like it would."""
     api.patch_namespaced_custom_object_status(
-        "ray.io", "v1", "default", "rayjobs", name, {"status": status}
+        "ray.io", "v1", ns, "rayjobs", name, {"status": status}
     )
 
 
@@ -91,11 +97,11 @@ class _Lines:
         return "\n".join(self.lines)
 
 
-def _wait_created(api, name, timeout_s=30.0) -> dict:
+def _wait_created(api, ns, name, timeout_s=30.0) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if _exists(api, name):
-            return _get(api, name)
+        if _exists(api, ns, name):
+            return _get(api, ns, name)
         time.sleep(0.1)
     raise AssertionError(f"RayJob {name} never appeared")
 
@@ -248,19 +254,19 @@ def test_job_flags_after_double_dash_go_to_the_job(cli):
         (["--profile", "nope"], "unknown profile"),
     ],
 )
-def test_invalid_options_are_refused_before_the_server(cli, api, extra, message):
+def test_invalid_options_are_refused_before_the_server(cli, api, ns, extra, message):
     name = f"refused-{abs(hash(tuple(extra))) % 10**8}"
-    args = ["submit", "train", "--data", "s3://vljepa/emb", "--k8s", *extra]
+    args = ["submit", "train", "--data", "s3://vljepa/emb", "--k8s", "-n", ns, *extra]
     if "--name" not in extra:
         args += ["--name", name]
     out = cli(*args)
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert message in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1  # one clear line, no traceback
-    assert not _exists(api, name)
+    assert not _exists(api, ns, name)
 
 
-def test_bad_job_arguments_are_refused_with_the_jobs_own_parser(cli, api):
+def test_bad_job_arguments_are_refused_with_the_jobs_own_parser(cli, api, ns):
     out = cli(
         "submit",
         "embed",
@@ -270,18 +276,20 @@ def test_bad_job_arguments_are_refused_with_the_jobs_own_parser(cli, api):
         "o",
         "--bogus-flag",
         "--k8s",
+        "-n",
+        ns,
         "--name",
         "refused-args",
     )
     assert out.returncode == 2
     assert "embed's arguments" in out.stderr and "--bogus-flag" in out.stderr
-    assert not _exists(api, "refused-args")
+    assert not _exists(api, ns, "refused-args")
 
 
 # --------------------------------------------------------------------------- the API server accepts
 
 
-def test_every_profile_makes_a_rayjob_the_crd_schema_accepts(cli, api):
+def test_every_profile_makes_a_rayjob_the_crd_schema_accepts(cli, api, ns):
     from cluster.submit_config import profile_names
 
     names = profile_names()
@@ -294,35 +302,37 @@ def test_every_profile_makes_a_rayjob_the_crd_schema_accepts(cli, api):
             "--data",
             "s3://vljepa/emb",
             "--k8s",
+            "-n",
+            ns,
             "--profile",
             prof,
             "--name",
             name,
         )
         assert out.returncode == 0, out.stderr
-        obj = _get(api, name)
+        obj = _get(api, ns, name)
         assert obj["spec"]["entrypoint"] == "vljepa train --data s3://vljepa/emb"
         assert obj["spec"]["rayClusterSpec"]["rayVersion"] == "2.60.0"
-        out = cli("jobs", "delete", name, "--k8s")
+        out = cli("jobs", "delete", name, "--k8s", "-n", ns)
         assert out.returncode == 0, out.stderr
-        assert not _exists(api, name)
+        assert not _exists(api, ns, name)
 
 
-def test_the_schema_check_is_real(api):
+def test_the_schema_check_is_real(api, ns):
     """A wrong type is refused by the server (422): acceptance above means something."""
     from kubernetes.client.exceptions import ApiException
 
     from cluster import kuberay
     from cluster.submit_config import SubmitConfig
 
-    bad = kuberay.rayjob(SubmitConfig(job="train", name="schema-bad"))
+    bad = kuberay.rayjob(SubmitConfig(job="train", name="schema-bad", namespace=ns))
     bad["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] = "two"
     with pytest.raises(ApiException) as e:
-        api.create_namespaced_custom_object("ray.io", "v1", "default", "rayjobs", bad)
+        api.create_namespaced_custom_object("ray.io", "v1", ns, "rayjobs", bad)
     assert e.value.status == 422
 
 
-def test_wait_follows_status_transitions_patched_like_the_operator(cli, api):
+def test_wait_follows_status_transitions_patched_like_the_operator(cli, api, ns):
     name = "follow-ok"
     proc = _popen(
         "submit",
@@ -330,6 +340,8 @@ def test_wait_follows_status_transitions_patched_like_the_operator(cli, api):
         "--data",
         "s3://vljepa/emb",
         "--k8s",
+        "-n",
+        ns,
         "--name",
         name,
         "--wait",
@@ -338,31 +350,35 @@ def test_wait_follows_status_transitions_patched_like_the_operator(cli, api):
     )
     lines = _Lines(proc)
     try:
-        lines.wait_for(f"RayJob default/{name}: New")  # the CLI has read the new object
+        lines.wait_for(f"RayJob {ns}/{name}: New")  # the CLI has read the new object
         # --- what the KubeRay operator would write as the cluster comes up and the job runs
         _operator_patch(
             api,
+            ns,
             name,
             {"jobDeploymentStatus": "Initializing", "rayClusterName": f"{name}-raycluster-x1"},
         )
         _operator_patch(
             api,
+            ns,
             name,
             {
                 "jobDeploymentStatus": "Running",
                 "jobStatus": "PENDING",
                 "jobId": f"{name}-id",
-                "dashboardURL": f"{name}-raycluster-x1-head-svc.default.svc.cluster.local:8265",
+                "dashboardURL": f"{name}-raycluster-x1-head-svc.{ns}.svc.cluster.local:8265",
             },
         )
-        _operator_patch(api, name, {"jobStatus": "RUNNING"})
-        _operator_patch(api, name, {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"})
+        _operator_patch(api, ns, name, {"jobStatus": "RUNNING"})
+        _operator_patch(
+            api, ns, name, {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}
+        )
         proc.wait(timeout=60)
     finally:
         proc.kill()
     out = lines.text()
     assert proc.returncode == 0, out
-    lines = [ln for ln in out.splitlines() if ln.startswith(f"RayJob default/{name}")]
+    lines = [ln for ln in out.splitlines() if ln.startswith(f"RayJob {ns}/{name}")]
     states = [ln.split(": ", 1)[1] for ln in lines]
     assert states == [
         "New",
@@ -371,15 +387,15 @@ def test_wait_follows_status_transitions_patched_like_the_operator(cli, api):
         "Running / job RUNNING",
         "Complete / job SUCCEEDED",
     ], out
-    assert f"http://{name}-raycluster-x1-head-svc.default.svc.cluster.local:8265" in out
+    assert f"http://{name}-raycluster-x1-head-svc.{ns}.svc.cluster.local:8265" in out
 
-    listed = cli("jobs", "list", "--k8s")
+    listed = cli("jobs", "list", "--k8s", "-n", ns)
     assert re.search(rf"^{name}\s+Complete\s+SUCCEEDED", listed.stdout, re.M), listed.stdout
-    assert cli("jobs", "delete", name, "--k8s").returncode == 0
-    assert not _exists(api, name)
+    assert cli("jobs", "delete", name, "--k8s", "-n", ns).returncode == 0
+    assert not _exists(api, ns, name)
 
 
-def test_wait_reports_failure_with_the_operators_reason(cli, api):
+def test_wait_reports_failure_with_the_operators_reason(cli, api, ns):
     name = "follow-fail"
     proc = _popen(
         "submit",
@@ -387,6 +403,8 @@ def test_wait_reports_failure_with_the_operators_reason(cli, api):
         "--data",
         "s3://vljepa/emb",
         "--k8s",
+        "-n",
+        ns,
         "--name",
         name,
         "--wait",
@@ -394,10 +412,11 @@ def test_wait_reports_failure_with_the_operators_reason(cli, api):
         "60",
     )
     try:
-        _wait_created(api, name)
+        _wait_created(api, ns, name)
         # --- the operator failing a job that ran past activeDeadlineSeconds
         _operator_patch(
             api,
+            ns,
             name,
             {
                 "jobDeploymentStatus": "Failed",
@@ -408,17 +427,19 @@ def test_wait_reports_failure_with_the_operators_reason(cli, api):
         out, _ = proc.communicate(timeout=60)
     finally:
         proc.kill()
-        cli("jobs", "delete", name, "--k8s")
+        cli("jobs", "delete", name, "--k8s", "-n", ns)
     assert proc.returncode == 1, out
     assert "Failed (reason: DeadlineExceeded)" in out
 
 
-def test_a_stuck_job_is_explained_and_times_out(cli, api):
+def test_a_stuck_job_is_explained_and_times_out(cli, api, ns):
     name = "follow-stuck"
     proc = _popen(
         "submit",
         "train",
         "--k8s",
+        "-n",
+        ns,
         "--no-check-args",
         "--name",
         name,
@@ -429,10 +450,11 @@ def test_a_stuck_job_is_explained_and_times_out(cli, api):
         "4",
     )
     try:
-        _wait_created(api, name)
+        _wait_created(api, ns, name)
         # --- the operator created the cluster, but the head pod never becomes ready
         _operator_patch(
             api,
+            ns,
             name,
             {
                 "jobDeploymentStatus": "Initializing",
@@ -459,26 +481,26 @@ def test_a_stuck_job_is_explained_and_times_out(cli, api):
     assert f"kubectl describe raycluster {name}-raycluster-q2" in out
     assert "HeadPodReady=False (HeadPodNotReady): containers with unready status" in out
     assert "timed out after" in out
-    assert _exists(api, name)  # a timed-out wait leaves the job alone
+    assert _exists(api, ns, name)  # a timed-out wait leaves the job alone
 
-    status = cli("jobs", "status", name, "--k8s")
+    status = cli("jobs", "status", name, "--k8s", "-n", ns)
     assert status.returncode == 0 and "Initializing" in status.stdout
-    stop = cli("jobs", "stop", name, "--k8s")
+    stop = cli("jobs", "stop", name, "--k8s", "-n", ns)
     assert stop.returncode == 0, stop.stderr
-    assert _get(api, name)["spec"]["suspend"] is True  # KubeRay's way to stop a RayJob
-    assert cli("jobs", "delete", name, "--k8s").returncode == 0
-    assert not _exists(api, name)
-    missing = cli("jobs", "delete", name, "--k8s")
+    assert _get(api, ns, name)["spec"]["suspend"] is True  # KubeRay's way to stop a RayJob
+    assert cli("jobs", "delete", name, "--k8s", "-n", ns).returncode == 0
+    assert not _exists(api, ns, name)
+    missing = cli("jobs", "delete", name, "--k8s", "-n", ns)
     assert missing.returncode == 1 and "not found" in missing.stderr
 
 
 # --------------------------------------------------------------------------- RayService
 
 
-def test_deploy_carries_the_local_serve_config_unchanged(cli, api):
+def test_deploy_carries_the_local_serve_config_unchanged(cli, api, ns):
     from serve import config as serve_config
 
-    out = cli("deploy", "--k8s", "--dry-run", "-o", "yaml", "--name", "vj-serve")
+    out = cli("deploy", "--k8s", "-n", ns, "--dry-run", "-o", "yaml", "--name", "vj-serve")
     assert out.returncode == 0, out.stderr
     rs = yaml.safe_load(out.stdout)
     assert rs["kind"] == "RayService"
@@ -488,21 +510,25 @@ def test_deploy_carries_the_local_serve_config_unchanged(cli, api):
     head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert {"containerPort": 8000, "name": "serve"} in head["ports"]
 
-    created = cli("deploy", "--k8s", "--name", "vj-serve")
+    created = cli("deploy", "--k8s", "-n", ns, "--name", "vj-serve")
     assert created.returncode == 0, created.stderr
-    assert _get(api, "vj-serve", "rayservices")["spec"]["serveConfigV2"] == text
+    assert _get(api, ns, "vj-serve", "rayservices")["spec"]["serveConfigV2"] == text
     # deploying again replaces it (a RayService upgrade), here with another model
-    again = cli("deploy", "--k8s", "--name", "vj-serve", "--model-uri", "models:/vljepa/7")
+    again = cli(
+        "deploy", "--k8s", "-n", ns, "--name", "vj-serve", "--model-uri", "models:/vljepa/7"
+    )
     assert again.returncode == 0 and "replaced" in again.stdout, again.stderr
-    new = yaml.safe_load(_get(api, "vj-serve", "rayservices")["spec"]["serveConfigV2"])
+    new = yaml.safe_load(_get(api, ns, "vj-serve", "rayservices")["spec"]["serveConfigV2"])
     expected = serve_config.apply_overrides(
         serve_config.load_config(), args={"model_uri": "models:/vljepa/7"}
     )
     assert new == expected
-    listed = cli("jobs", "list", "--k8s", "--kind", "rayservice", "-o", "json")
+    listed = cli("jobs", "list", "--k8s", "-n", ns, "--kind", "rayservice", "-o", "json")
     assert "vj-serve" in [o["metadata"]["name"] for o in json.loads(listed.stdout)["items"]]
-    assert cli("jobs", "delete", "vj-serve", "--k8s", "--kind", "rayservice").returncode == 0
-    assert not _exists(api, "vj-serve", "rayservices")
+    assert (
+        cli("jobs", "delete", "vj-serve", "--k8s", "-n", ns, "--kind", "rayservice").returncode == 0
+    )
+    assert not _exists(api, ns, "vj-serve", "rayservices")
 
 
 def test_image_ray_version_matches_manifests():
