@@ -17,6 +17,11 @@ puts it again) and only then writes `_COMPLETE` in one atomic write: the step an
 its size. A folder counts as
 complete only with that file and everything it lists; a half-written folder never has it. On
 (re)start the loop resumes from the newest complete checkpoint (`choose`).
+
+A restart that resumes below a folder already in storage (a newer checkpoint that never became
+complete, which Ray Train may still have registered) writes its checkpoints under names tagged
+for that attempt (`checkpoint_0000008-1f2e3d`): re-reporting the old name would make Ray's
+`num_to_keep` clean-up of the old entry delete the new checkpoint ("Path not found").
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import posixpath
 import re
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +48,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.json"
 COMPLETE_FILE = "_COMPLETE"
-_DIR_RE = re.compile(r"^checkpoint_(\d+)$")
+_DIR_RE = re.compile(r"^checkpoint_(\d+)(?:-[0-9a-f]+)?$")
 
 
 class CheckpointIncomplete(RuntimeError):
@@ -50,9 +56,26 @@ class CheckpointIncomplete(RuntimeError):
     attempt stops, and the restarted group resumes from the newest complete checkpoint."""
 
 
-def dir_name(step: int) -> str:
-    """A checkpoint's folder in the run's storage: it sorts by step and names it."""
-    return f"checkpoint_{step:07d}"
+def dir_name(step: int, tag: str = "") -> str:
+    """A checkpoint's folder in the run's storage: it sorts by step and names it; `tag` (from
+    `attempt_tag`) keeps a restarted attempt's folders apart from the ones it resumed below."""
+    return f"checkpoint_{step:07d}" + (f"-{tag}" if tag else "")
+
+
+def attempt_tag(run_dir: str, start_step: int) -> str:
+    """ "" while no checkpoint folder in `run_dir` is above `start_step` (the usual case: names
+    stay `checkpoint_<step>`); otherwise a fresh tag for this attempt's folder names, so no
+    folder Ray Train knows of is ever reported twice."""
+    import pyarrow.fs as pafs
+
+    fs, root = storage.filesystem(run_dir)
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    steps = [
+        int(m.group(1))
+        for info in infos
+        if info.type == pafs.FileType.Directory and (m := _DIR_RE.match(info.base_name))
+    ]
+    return uuid.uuid4().hex[:6] if any(s > start_step for s in steps) else ""
 
 
 def save_and_report(
@@ -64,6 +87,7 @@ def save_and_report(
     run_dir: str,
     metrics: dict,
     extra: dict | None = None,
+    tag: str = "",
 ) -> None:
     """Write this rank's shard, report it, and mark the checkpoint complete in `run_dir`.
 
@@ -73,7 +97,7 @@ def save_and_report(
     CheckpointIncomplete on every rank."""
     import ray.train
 
-    target = storage.join(run_dir, dir_name(step))
+    target = storage.join(run_dir, dir_name(step, tag))
     local = tempfile.mkdtemp(prefix=f"vljepa-ckpt-{step:07d}-r{rank}-")
     try:
         model_sd, optim_sd = get_state_dict(model, optimizer)
@@ -81,14 +105,11 @@ def save_and_report(
         if rank == 0:
             with open(os.path.join(local, STATE_FILE), "w") as f:
                 json.dump({"step": step, **(extra or {})}, f)
-            # A folder rewritten after a restart must not look complete before its new files are
-            # in; report() starts with a barrier, so no rank uploads before this delete.
-            storage.delete(storage.join(target, COMPLETE_FILE))
         written = {n: os.path.getsize(os.path.join(local, n)) for n in os.listdir(local)}
         ray.train.report(
             {**metrics, "step": step},
             checkpoint=ray.train.Checkpoint.from_directory(local),
-            checkpoint_dir_name=dir_name(step),
+            checkpoint_dir_name=dir_name(step, tag),
         )
         # A sync point: every rank's upload has returned. Then rank 0 checks and marks, and no
         # rank goes on (or dies) before it has: the broadcast waits for the verdict.

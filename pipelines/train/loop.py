@@ -259,11 +259,12 @@ def train_func(config: dict) -> None:
     # Ray Train keeps this run's checkpoints in <storage>/<run name>. Rank 0 decides where to
     # start and every rank follows it (they could otherwise see storage at different moments).
     run_dir = storage.join(cfg.storage, ctx.get_experiment_name())
-    resume = None
+    resume, tag = None, ""
     if rank == 0:
         resume = ckpt.choose(ray.train.get_checkpoint(), run_dir, cfg.resume_from)
+        tag = ckpt.attempt_tag(run_dir, resume.step)
         log.info("start: %s (%s)", resume.uri or "step 0", resume.reason)
-    resume = broadcast_object(resume)
+    resume, tag = broadcast_object((resume, tag))
     start_step = 0
     resumed_from = None
     if resume.uri is not None:
@@ -385,6 +386,7 @@ def train_func(config: dict) -> None:
                     step=step,
                     rank=rank,
                     run_dir=run_dir,
+                    tag=tag,
                     metrics={k: v for k, v in last_metrics.items() if isinstance(v, float)},
                     extra={
                         "world_size": world,

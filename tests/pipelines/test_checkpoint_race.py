@@ -105,10 +105,34 @@ def test_mark_complete_refuses_a_checkpoint_with_a_lost_file(tmp_path):
 
 def test_a_rewritten_folder_is_incomplete_until_marked_again(tmp_path):
     """`_COMPLETE` covers the files as they were: a shard rewritten with another size after the
-    marking no longer passes (save_and_report also deletes the marker before rewriting)."""
+    marking no longer passes."""
     run = str(tmp_path / "run")
     _write_checkpoint(run, 2, complete=True)
     uri = _write_checkpoint(run, 4, complete=True)
     storage.write_bytes(storage.join(uri, "__0_0.distcp"), b"a longer shard of another attempt")
     found, skipped = ckpt.newest_complete(run)
     assert found.step == 2 and "__0_0.distcp" in skipped[0]
+
+
+def test_a_restart_below_a_stored_folder_writes_under_fresh_names(run_dir):
+    """A restart that resumes at step 4 while a step-8 folder (never completed, possibly
+    registered by Ray Train) is in storage writes its checkpoints under tagged names, so step 8
+    is never reported twice under one name (Ray's `num_to_keep` clean-up of the old entry would
+    delete the new folder); tagged folders are found and chosen like plain ones."""
+    assert ckpt.attempt_tag(run_dir, 0) == ""  # a first start keeps the plain names
+    _write_checkpoint(run_dir, 4, complete=True)
+    assert ckpt.attempt_tag(run_dir, 4) == ""  # a restart at the newest folder: no clash
+    _write_checkpoint(run_dir, 8, complete=False)
+    r = ckpt.choose(None, run_dir)
+    assert r.step == 4
+    tag = ckpt.attempt_tag(run_dir, r.step)
+    assert tag and ckpt.attempt_tag(run_dir, r.step) != tag  # every attempt its own
+    eight = storage.join(run_dir, ckpt.dir_name(8, tag))
+    assert eight != storage.join(run_dir, ckpt.dir_name(8))
+    files = {name: f"{name} again".encode() for name in SHARDS}
+    files[ckpt.STATE_FILE] = json.dumps({"step": 8, "world_size": 2}).encode()
+    for name, data in files.items():
+        storage.write_bytes(storage.join(eight, name), data)
+    assert ckpt.mark_complete(eight, 8, {n: len(d) for n, d in files.items()}) == []
+    assert ckpt.newest_complete(run_dir)[0] == ckpt.Complete(eight, 8)
+    assert ckpt.choose(ckpt.as_checkpoint(eight), run_dir).source == "ray"
