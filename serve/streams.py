@@ -419,16 +419,28 @@ def get_or_create_store(name: str, detector: dict[str, Any], path: str = ""):
     ).remote(detector, path=path, name=name)
 
 
-def drop_store(name: str) -> bool:
-    """Kill the app's store and forget its streams, stored ones included (after `serve.delete`),
-    so a new deployment starts with no streams."""
+def drop_store(name: str, wipe: bool = True) -> bool:
+    """Kill the app's store (after `serve.delete`). `wipe`: forget its streams, stored ones
+    included, so a new deployment starts with none (tests, the demo); without it the streams
+    stay in `stream_store_path` and the next store on that path goes on with them (a
+    `vljepa serve` stopped and started again)."""
     try:
         actor = ray.get_actor(name, namespace=NAMESPACE)
     except ValueError:
         return False
     try:
-        ray.get(actor.wipe.remote(), timeout=60)
+        if wipe:
+            ray.get(actor.wipe.remote(), timeout=60)
     except Exception as e:  # a store that cannot answer is still killed
         log.warning("stream store %s not wiped: %s", name, type(e).__name__)
     ray.kill(actor, no_restart=True)
+    # ray.kill returns before the name is free; a store created meanwhile with get_if_exists
+    # would get the dying actor back. Wait until the name resolves no more.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            break
+        time.sleep(0.05)
     return True

@@ -139,8 +139,9 @@ def _interrupt(*_: object) -> None:
 
 
 def _stop(cfg: dict, local: bool) -> None:
-    """Serve shut down (replicas drained), the stream store dropped, and the local Ray this
-    command started stopped with every process it ran; a second signal meanwhile is ignored."""
+    """Serve shut down (replicas drained), the stream store actor killed (its streams stay in
+    `stream_store_path` for the next `vljepa serve` on it), and the local Ray this command
+    started stopped with every process it ran; a second signal meanwhile is ignored."""
     import contextlib
 
     import ray
@@ -156,7 +157,8 @@ def _stop(cfg: dict, local: bool) -> None:
         serve.shutdown()
     with contextlib.suppress(Exception):
         drop_store(
-            store_name(sc.APP_NAME, sc.app_entry(cfg).get("args", {}).get("stream_store", ""))
+            store_name(sc.APP_NAME, sc.app_entry(cfg).get("args", {}).get("stream_store", "")),
+            wipe=False,
         )
     ray.shutdown()
     print("vljepa serve: stopped" + (" (local Ray stopped)" if local else ""), flush=True)

@@ -202,3 +202,25 @@ def test_default_folder_is_the_ray_session_of_the_store(ray_session):
         assert ray.get(actor.location.remote()) == {"path": "", "root": root}
     finally:
         ray.kill(actor)
+
+
+def test_a_stopped_service_keeps_its_streams_unless_wiped(ray_session, tmp_path):
+    """`vljepa serve` stopped (drop_store without wipe) leaves the streams in storage and the
+    next store on that path goes on with them; tests and the demo wipe them."""
+    import ray
+
+    from pipelines import storage
+    from serve.streams import drop_store, get_or_create_store
+
+    name, path = f"st-{uuid.uuid4().hex[:8]}", str(tmp_path / "streams")
+    store = get_or_create_store(name, DET, path)
+    ray.get([store.advance.remote("s", i, e, 2.0) for i, e in enumerate(_embeddings(4))])
+    kept = ray.get(store.events.remote("s"))
+    assert kept["clips"] == 4
+    assert drop_store(name, wipe=False)
+    again = get_or_create_store(name, DET, path)
+    assert ray.get(again.events.remote("s")) == kept
+    assert drop_store(name)
+    assert not storage.exists(storage.join(path, name, "s", "state.json"))
+    assert ray.get(get_or_create_store(name, DET, path).events.remote("s")) is None
+    assert drop_store(name)
