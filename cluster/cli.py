@@ -84,6 +84,9 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pipelines import tracking_store
+
+    tracking_store.no_telemetry()
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = next((a for a in argv if not a.startswith("-")), None)
     if selected is not None and selected not in COMMANDS:

@@ -41,9 +41,19 @@ def resolve(flag: str | None = None) -> str:
     return absolute(uri)
 
 
+# MLflow 3 phones home (config.mlflow-telemetry.io) from every process that uses it; nothing
+# here may reach the network unasked, so it is off unless the user's environment says otherwise.
+TELEMETRY_VAR = "MLFLOW_DISABLE_TELEMETRY"
+
+
+def no_telemetry() -> None:
+    """Turn MLflow's telemetry off in this process (before MLflow is imported) unless set."""
+    os.environ.setdefault(TELEMETRY_VAR, "true")
+
+
 def worker_env(uri: str) -> dict[str, str]:
-    """What a Ray worker or Serve replica needs to reach the same store."""
-    return {ENV_VAR: uri}
+    """What a Ray worker or Serve replica needs to reach the same store (telemetry as here)."""
+    return {ENV_VAR: uri, TELEMETRY_VAR: os.environ.get(TELEMETRY_VAR, "true")}
 
 
 def sqlite_path(uri: str) -> str | None:

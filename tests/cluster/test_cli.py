@@ -7,6 +7,7 @@ exists is checked, so a new command is covered the moment its module appears.
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 
@@ -73,3 +74,18 @@ def test_subcommand_unknown_option_exits_2_with_one_line(name, capsys):
     assert len(err) == 1, err
     # argparse names the unknown flag, or first the required arguments that are missing.
     assert err[0].startswith("vljepa") and "error:" in err[0]
+
+
+def test_mlflow_telemetry_is_off_here_and_in_workers(monkeypatch):
+    """MLflow 3 connects to config.mlflow-telemetry.io from every process that uses it: `vljepa`
+    turns that off for itself and the workers and replicas it starts, unless the user's
+    environment already decides."""
+    from pipelines import tracking_store
+
+    monkeypatch.delenv(tracking_store.TELEMETRY_VAR, raising=False)
+    assert main(["no-such-command"]) == 2
+    assert os.environ[tracking_store.TELEMETRY_VAR] == "true"
+    assert tracking_store.worker_env("sqlite:///x.db")[tracking_store.TELEMETRY_VAR] == "true"
+    monkeypatch.setenv(tracking_store.TELEMETRY_VAR, "false")  # the user's choice stands
+    main(["no-such-command"])
+    assert tracking_store.worker_env("sqlite:///x.db")[tracking_store.TELEMETRY_VAR] == "false"
