@@ -23,6 +23,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-size", type=int, default=100, help="clips per tar shard")
     p.add_argument("--overwrite", action="store_true", help="replace a corpus already at --out")
     p.add_argument(
+        "--worldprediction",
+        type=int,
+        default=None,
+        help="WorldPrediction-style items (initial/final frame + 4 candidate clips), at most one "
+        "per val clip; 0 writes none (default: SynthConfig's)",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=min(2, os.cpu_count() or 1),
@@ -46,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         overwrite=args.overwrite,
         workers=args.workers,
+        **({} if args.worldprediction is None else {"worldprediction": args.worldprediction}),
     )
     try:
         summary = generate(cfg, progress=True)

@@ -2,7 +2,9 @@
 
 Layout under `out` (local directory or s3://bucket/prefix):
     videos/<id>.mp4, streams/<id>.mp4, manifest.jsonl, streams.jsonl, labels.json,
-    shards/shard-NNNNN.tar (with --webdataset), and `_SUCCESS` written last.
+    questions.jsonl (questions.py), worldprediction.jsonl + worldprediction/*.png
+    (worldprediction.py), shards/shard-NNNNN.tar (with --webdataset; the question and
+    WorldPrediction files stay at the top, keyed by clip id), and `_SUCCESS` written last.
 A reader must treat a corpus without `_SUCCESS` as incomplete: it is removed first on --overwrite
 and only written after every other object, so a failed or interrupted run never looks finished.
 Every clip is a pure function of (seed, id), so any number of workers gives the same bytes.
@@ -25,7 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipelines import storage
 
+from . import worldprediction as wp
 from .events import CLASSES
+from .questions import build_questions
 from .render import event_params, event_track, make_scene, render, still_track, stream_track
 from .writer import build_tar, encode_mp4, shard_members
 
@@ -33,7 +37,10 @@ logger = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS"
 # Every name the job writes; an `out` holding any of them already has a (maybe partial) corpus.
-OWNED = (SUCCESS, "manifest.jsonl", "streams.jsonl", "labels.json", "videos", "streams", "shards")
+OWNED = (
+    SUCCESS, "manifest.jsonl", "streams.jsonl", "labels.json", "videos", "streams", "shards",
+    "questions.jsonl", "worldprediction.jsonl", "worldprediction",
+)  # fmt: skip
 
 
 class OutputError(Exception):
@@ -66,6 +73,9 @@ class SynthConfig(BaseModel):
     )
     pause_seconds_min: float = Field(2.0, gt=0)
     pause_seconds_max: float = Field(6.0, gt=0)
+    worldprediction: int = Field(
+        200, ge=0, description="WorldPrediction-style items (one per val clip, at most this many)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> SynthConfig:
@@ -104,11 +114,14 @@ class SynthSummary:
     stream_events: int = 0
     stream_pauses: int = 0
     bytes: int = 0
+    questions: int = 0
+    worldprediction: int = 0
 
     def line(self) -> str:
         return (
             f"wrote {self.clips} clips ({self.train} train / {self.val} val, {self.classes} classes)"
             f" and {self.streams} streams ({self.stream_events} events, {self.stream_pauses} pauses)"
+            f", {self.questions} questions, {self.worldprediction} WorldPrediction items"
             f" to {self.out}"
             f" in {self.seconds:.1f} s ({self.clips_per_s:.1f} clips/s, {self.bytes / 1e6:.1f} MB)"
         )
@@ -170,14 +183,17 @@ class _Task:
     event_frames: tuple[int, int] = (24, 96)
     pause_probability: float = 0.5
     pause_frames: tuple[int, int] = (16, 48)
+    stills: bool = False  # also return the first and last frame as PNG (WorldPrediction)
 
 
-def _render_clip(t: _Task) -> tuple[bytes, None]:
+def _render_clip(t: _Task) -> tuple[bytes, dict | None]:
     rng = np.random.default_rng([t.seed, 0, t.index])
     cls = CLASSES[t.class_index]
     scene = make_scene(rng, t.size)
     track = event_track(cls, event_params(cls, rng, t.size), rng, t.size, t.frames)
-    return encode_mp4(render(scene, track, rng), t.fps), None
+    frames = render(scene, track, rng)
+    stills = {"initial": wp.png(frames[0]), "final": wp.png(frames[-1])} if t.stills else None
+    return encode_mp4(frames, t.fps), stills
 
 
 def _render_stream(t: _Task) -> tuple[bytes, dict]:
@@ -300,6 +316,10 @@ def generate(cfg: SynthConfig, progress: bool = False) -> SynthSummary:
     t_start = time.perf_counter()
     prepare_output(cfg)
     clips = plan_clips(cfg)
+    questions = build_questions(clips, cfg.seed)
+    wp_index = wp.selected(clips, cfg.worldprediction)
+    wp_items = wp.build_items(clips, wp_index, cfg.seed)
+    stills = {r["clip_id"] for r in wp_items}
     common = {"seed": cfg.seed, "size": cfg.size, "fps": cfg.fps, "frames": cfg.frames}
     spans = {
         "events": (cfg.stream_events_min, cfg.stream_events_max),
@@ -316,7 +336,8 @@ def generate(cfg: SynthConfig, progress: bool = False) -> SynthSummary:
     # Streams first: they are the longest tasks, so the pool does not end on a straggler.
     tasks = [_Task("stream", index=i, **common, **spans) for i in range(cfg.streams)]
     tasks += [
-        _Task("clip", index=i, class_index=r["class_index"], **common) for i, r in enumerate(clips)
+        _Task("clip", index=i, class_index=r["class_index"], stills=r["id"] in stills, **common)
+        for i, r in enumerate(clips)
     ]
     logger.info(
         "synth: %d clips, %d streams, %d classes, %dpx @ %d fps, %d workers -> %s",
@@ -342,7 +363,12 @@ def generate(cfg: SynthConfig, progress: bool = False) -> SynthSummary:
                 streams.append(record)
                 put(record["video"], data)
             else:
+                clip_id = clips[task.index]["id"]
                 put(clips[task.index]["video"], data)
+                if record is not None:
+                    initial, final = wp.image_paths(clip_id)
+                    put(initial, record["initial"])
+                    put(final, record["final"])
                 if cfg.webdataset:
                     videos.append(data)
             bar(1)
@@ -350,6 +376,8 @@ def generate(cfg: SynthConfig, progress: bool = False) -> SynthSummary:
 
         put("manifest.jsonl", _jsonl(clips))
         put("streams.jsonl", _jsonl(streams))
+        put("questions.jsonl", _jsonl(questions))
+        put("worldprediction.jsonl", _jsonl(wp_items))
         labels = [c.to_json() for c in CLASSES]
         put("labels.json", (json.dumps(labels, indent=1, sort_keys=True) + "\n").encode())
         n_shards = 0
@@ -373,6 +401,8 @@ def generate(cfg: SynthConfig, progress: bool = False) -> SynthSummary:
         "stream_pauses": n_pauses,
         "classes": len(CLASSES),
         "shards": n_shards,
+        "questions": len(questions),
+        "worldprediction": len(wp_items),
         "config": cfg.model_dump(),
     }
     storage.write_bytes(  # last: the marker that the corpus is complete
@@ -392,6 +422,8 @@ def generate(cfg: SynthConfig, progress: bool = False) -> SynthSummary:
         stream_events=n_events,
         stream_pauses=n_pauses,
         bytes=total_bytes,
+        questions=len(questions),
+        worldprediction=len(wp_items),
     )
     logger.info("synth: %s", summary.line())
     return summary

@@ -1,0 +1,179 @@
+"""Question-answer pairs from each clip's ground truth (stage-2 data for query-conditioned VL-JEPA).
+
+Every question type has a CLOSED candidate set (yes/no, or at least 4 answers) and at least 5
+word-different paraphrase templates. The train split asks only with `TRAIN_TEMPLATES` (the first
+3), the val split only with `VAL_TEMPLATES` (the other 2), so val measures held-out paraphrases.
+Answers are short canonical strings drawn from the type's candidates.
+
+| type | asked of | candidates |
+|---|---|---|
+| `colour` | ball clips except colour changes | the 4 colours |
+| `action` | every ball clip | 6 actions ("moves left", ..., "changes colour") |
+| `direction` | moves_left / moves_right | left, right, up, down (up/down never occur here) |
+| `dark_at_end` | lamp clips | yes / no |
+| `colour_before` | colour changes | the 4 colours |
+| `colour_after` | colour changes | the 4 colours |
+| `has_colour` | ball clips except colour changes | yes / no (the named colour is right half the time) |
+
+Caption-unanswerable types (a stage-1 model, which predicts the same caption embedding for a clip
+whatever is asked, cannot beat chance on them):
+  * `has_colour`: "is the ball red?" and "is the ball blue?" about one clip have opposite answers,
+    but the clip's caption embedding is the same for both; the answer depends on the colour
+    NAMED IN THE QUESTION, so without reading the question at most half can be right.
+  * `colour_before` / `colour_after`: both colours are in the caption ("turns from red to blue"),
+    and the two questions about the same clip have different answers; one prediction per clip
+    picks the same colour for both, so at most one of the pair is right.
+The other types (`colour`, `action`, `direction`, `dark_at_end`) are answerable from the caption
+alone (nearest candidate to the caption embedding) and serve as controls.
+
+Deterministic: a clip's questions are a pure function of (seed, clip index, split).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .events import BY_LABEL, COLOURS, EventClass
+
+YES_NO = ("yes", "no")
+COLOUR_NAMES = tuple(COLOURS)  # red, blue, green, yellow
+ACTION_ANSWERS = {
+    "moves_left": "moves left",
+    "moves_right": "moves right",
+    "grows": "grows",
+    "vanishes": "vanishes",
+    "appears": "appears",
+    "colour_change": "changes colour",
+}
+DIRECTIONS = ("left", "right", "up", "down")
+
+# type -> (candidates, templates). {c} = a colour name (only `has_colour`).
+QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "colour": (
+        COLOUR_NAMES,
+        (
+            "what colour is the ball?",
+            "which hue does the sphere have?",
+            "tell me the shade of the orb",
+            "name the paint on this round object",
+            "the disc is painted in what tint?",
+        ),
+    ),
+    "action": (
+        tuple(ACTION_ANSWERS.values()),
+        (
+            "what happens to the ball?",
+            "what does the sphere do?",
+            "describe the orb's behaviour in this clip",
+            "which change does the round object undergo?",
+            "how does the disc act over time?",
+        ),
+    ),
+    "direction": (
+        DIRECTIONS,
+        (
+            "which way does the ball move?",
+            "in what direction does the sphere travel?",
+            "where is the orb heading?",
+            "toward which side does the round object go?",
+            "the disc drifts to which edge?",
+        ),
+    ),
+    "dark_at_end": (
+        YES_NO,
+        (
+            "is the room dark at the end?",
+            "does the scene finish without light?",
+            "by the last moment, has darkness fallen?",
+            "in the final frame is everything dim?",
+            "when the video stops, are the lights out?",
+        ),
+    ),
+    "colour_before": (
+        COLOUR_NAMES,
+        (
+            "what colour is the ball before it changes?",
+            "which hue did the sphere start with?",
+            "tell me the orb's original shade",
+            "initially, how was the round object painted?",
+            "the disc first shows what tint?",
+        ),
+    ),
+    "colour_after": (
+        COLOUR_NAMES,
+        (
+            "what colour is the ball after it changes?",
+            "which hue does the sphere end with?",
+            "tell me the orb's final shade",
+            "eventually, how is the round object painted?",
+            "the disc last shows what tint?",
+        ),
+    ),
+    "has_colour": (
+        YES_NO,
+        (
+            "is the ball {c}?",
+            "does the sphere look {c}?",
+            "would you call the orb {c}?",
+            "is this round object painted {c}?",
+            "the disc has a {c} tint, true?",
+        ),
+    ),
+}
+TRAIN_TEMPLATES = (0, 1, 2)
+VAL_TEMPLATES = (3, 4)
+CAPTION_UNANSWERABLE = ("has_colour", "colour_before", "colour_after")
+
+
+def templates_for(split: str) -> tuple[int, ...]:
+    return VAL_TEMPLATES if split == "val" else TRAIN_TEMPLATES
+
+
+def _facts(cls: EventClass) -> list[tuple[str, str, dict]]:
+    """(type, answer, template fields) for every type that applies to the class (`has_colour`
+    is filled in by the caller, which balances yes/no)."""
+    kind = cls.kind
+    if kind in ("lamp_off", "lamp_on"):
+        return [("dark_at_end", "yes" if kind == "lamp_off" else "no", {})]
+    facts = [("action", ACTION_ANSWERS[kind], {})]
+    if kind == "colour_change":
+        facts += [("colour_before", cls.colour, {}), ("colour_after", cls.colour_to, {})]
+        return facts
+    facts.insert(0, ("colour", cls.colour, {}))
+    if kind in ("moves_left", "moves_right"):
+        facts.append(("direction", "left" if kind == "moves_left" else "right", {}))
+    facts.append(("has_colour", "", {}))  # placeholder
+    return facts
+
+
+def build_questions(clips: list[dict], seed: int) -> list[dict]:
+    """`questions.jsonl` rows for the planned manifest `clips` (event clips only)."""
+    rows: list[dict] = []
+    n_has = {"train": 0, "val": 0}  # alternate yes/no per split: exactly balanced
+    for i, clip in enumerate(clips):
+        cls = BY_LABEL[clip["label"]]
+        split = clip["split"]
+        rng = np.random.default_rng([seed, 3, i])
+        allowed = templates_for(split)
+        for qtype, answer, fields in _facts(cls):
+            if qtype == "has_colour":
+                yes = (n_has[split] + seed) % 2 == 0
+                n_has[split] += 1
+                others = [c for c in COLOUR_NAMES if c != cls.colour]
+                named = cls.colour if yes else others[int(rng.integers(len(others)))]
+                answer, fields = ("yes" if yes else "no"), {"c": named}
+            candidates, templates = QUESTION_TYPES[qtype]
+            template = int(allowed[int(rng.integers(len(allowed)))])
+            rows.append(
+                {
+                    "clip_id": clip["id"],
+                    "qid": f"{clip['id']}-{qtype}",
+                    "type": qtype,
+                    "question": templates[template].format(**fields),
+                    "answer": answer,
+                    "candidates": list(candidates),
+                    "template": template,
+                    "split": split,
+                }
+            )
+    return rows
