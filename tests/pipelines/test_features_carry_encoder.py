@@ -15,15 +15,15 @@ from tests.helpers import cli_json
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-# Two encoders cover the four knobs (each variant is an embed, a train and an eval: minutes on
-# CI). `--fps 4` on the corpus's 2 s clips: 8 frames 1/4 s apart fit, the default 16 would not.
+# One encoder turns all four knobs (a variant is an embed, a train and an eval: a minute on CI).
+# `--fps 4` on the corpus's 2 s clips: 8 frames 1/4 s apart fit, the default 16 would not.
 VARIANTS = {
-    "frames8_size48": (["--frames", "8", "--size", "48"], {"num_frames": 8, "image_size": 48}),
-    "fps4_bf16": (
-        ["--fps", "4", "--frames", "8", "--x-dtype", "bfloat16"],
-        {"fps": 4.0, "num_frames": 8, "dtype": "bfloat16"},
+    "fps4_frames8_size48_bf16": (
+        ["--fps", "4", "--frames", "8", "--size", "48", "--x-dtype", "bfloat16"],
+        {"fps": 4.0, "num_frames": 8, "image_size": 48, "dtype": "bfloat16"},
     ),
 }
+VARIANT = next(iter(VARIANTS))
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +107,13 @@ def test_variant_features_train_and_evaluate_without_flags(
     assert cli_json(ev.stdout)["retrieval"]["clips"] > 0
 
 
-def test_mixed_encoders_in_one_root_are_refused_in_one_line(variant_features, cli, tmp_path):
+def test_mixed_encoders_in_one_root_are_refused_in_one_line(
+    variant_features, embedded_corpus, cli, tmp_path
+):
     mixed = tmp_path / "mixed"
-    shutil.copytree(variant_features["frames8_size48"], mixed)
-    intruder = next((variant_features["fps4_bf16"] / "data").glob("*.parquet"))
+    shutil.copytree(variant_features[VARIANT], mixed)
+    # a file of the session's default-encoder features (16 frames, 64 px, spread sampling)
+    intruder = next((embedded_corpus.features / "data").glob("*.parquet"))
     shutil.copy(intruder, mixed / "data" / "part-zzzzz-0.parquet")
     out = cli("train", "--data", mixed, "--steps", "2", timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
@@ -125,14 +128,14 @@ def test_eval_refuses_a_model_trained_on_another_encoder(variant_features, cli, 
     from jepa.config import VLJEPAConfig
     from jepa.model import VLJEPA
 
-    cfg = VLJEPAConfig.preset("tiny")  # 16 frames, 64 px: not what the frames8_size48 features hold
+    cfg = VLJEPAConfig.preset("tiny")  # 16 frames, 64 px: not what the variant's features hold
     VLJEPA.from_config(cfg).save_pretrained(tmp_path / "m")
     out = cli(
         "eval",
         "--model",
         tmp_path / "m",
         "--data",
-        variant_features["frames8_size48"],
+        variant_features[VARIANT],
         "--no-mlflow",
         timeout=180,
     )
