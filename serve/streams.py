@@ -433,14 +433,6 @@ def drop_store(name: str, wipe: bool = True) -> bool:
             ray.get(actor.wipe.remote(), timeout=60)
     except Exception as e:  # a store that cannot answer is still killed
         log.warning("stream store %s not wiped: %s", name, type(e).__name__)
+    # The GCS frees the name before ray.kill returns: a store created next is a new one.
     ray.kill(actor, no_restart=True)
-    # ray.kill returns before the name is free; a store created meanwhile with get_if_exists
-    # would get the dying actor back. Wait until the name resolves no more.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            ray.get_actor(name, namespace=NAMESPACE)
-        except ValueError:
-            break
-        time.sleep(0.05)
     return True
