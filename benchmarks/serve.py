@@ -184,6 +184,13 @@ def replica_timings(deployment: str, reset: bool = False) -> dict | None:
         return None
 
 
+def write_results(stem: str, result: dict, md: str) -> None:
+    """benchmarks/results/<stem>.json and .md (serve_soak.py writes its own with this too)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(md)
+
+
 def busy_note(load_start: float, load_end: float) -> list[str]:
     """A warning for the results when the machine was not idle when the run began (other work on
     the cores makes wall-clock figures unrepresentative; CPU per request is much less affected).
@@ -593,9 +600,7 @@ def main() -> int:
     md = _md(result)
     print(md)
     if not args.no_write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "serve.json").write_text(json.dumps(result, indent=2) + "\n")
-        (RESULTS / "serve.md").write_text(md)
+        write_results("serve", result, md)
     return 0
 
 

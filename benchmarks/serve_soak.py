@@ -63,7 +63,6 @@ _spec = importlib.util.spec_from_file_location("bench_serve", os.path.join(_HERE
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 
-RESULTS = bench.RESULTS
 CLIP_S = 2.0  # length of a synthetic clip (pipelines.synth defaults): a stream's time step
 
 
@@ -543,9 +542,7 @@ def main() -> int:
     md = _md(res)
     print(md)
     if not args.no_write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "serve_soak.json").write_text(json.dumps(res, indent=2) + "\n")
-        (RESULTS / "serve_soak.md").write_text(md)
+        bench.write_results("serve_soak", res, md)
     bad = checks.lost_events or checks.duplicated_events or checks.replay_mismatches
     return 1 if bad or checks.embed_mismatches or checks.failures else 0
 
