@@ -89,6 +89,12 @@ class PredictorConfig(_Strict):
     arch: dict[str, Any] = Field(default_factory=dict)
     tokenizer: str = "minilm"
     max_query_length: int = Field(32, gt=0)
+    # How a query reaches the layers. None: the predictor's own token table (the paper: Llama's
+    # pretrained embeddings, trained in stage 2). A text model (alias, hub name or folder): that
+    # frozen model reads the query and a trained adapter maps its token states in
+    # (`jepa.query_encoder`): for predictors whose layers start untrained (the tiny presets),
+    # whose own token table knows no words to generalise from.
+    query_encoder: str | None = None
     seed: int = 1
 
     @property

@@ -382,3 +382,19 @@ def decode_plan_cider(
         "matches": match.tolist(),
         "n_decodes": len(decode_times),
     }
+
+
+def vqa_hits(
+    pred: Any, cand: Any, names: list[str], questions: list[dict]
+) -> dict[str, list[bool]]:
+    """Discriminative VQA (METHOD.md): each question's answer is its candidate whose embedding
+    (a row of `cand`, named by `names`) is nearest (cosine; rows normalised) to the question's
+    predicted embedding (a row of `pred`). {type: [right?, ...]} over `questions` (dicts with
+    `candidates`, `answer`, `type`)."""
+    pred, cand = _np(pred), _np(cand)
+    index = {c: i for i, c in enumerate(names)}
+    hits: dict[str, list[bool]] = {}
+    for k, q in enumerate(questions):
+        scores = cand[[index[c] for c in q["candidates"]]] @ pred[k]
+        hits.setdefault(q["type"], []).append(q["candidates"][int(scores.argmax())] == q["answer"])
+    return hits

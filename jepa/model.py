@@ -44,6 +44,7 @@ class VLJEPA(nn.Module):
         predictor: Predictor,
         y_encoder: YEncoder,
         y_decoder: nn.Module | None = None,
+        query_encoder: nn.Module | None = None,
     ):
         super().__init__()
         self.config = config
@@ -51,6 +52,10 @@ class VLJEPA(nn.Module):
         self.predictor = predictor
         self.y_encoder = y_encoder
         self.y_decoder = y_decoder
+        # Frozen, referenced by name like a published X-encoder: never saved with the model.
+        self.query_encoder = query_encoder
+        if query_encoder is None and config.predictor.query_encoder:
+            self.query_encoder = build_query_encoder(config)
         init = torch.tensor(math.log(1.0 / config.temperature))
         if config.learnable_temperature:
             self.logit_scale = nn.Parameter(init)
@@ -70,7 +75,8 @@ class VLJEPA(nn.Module):
             cfg.predictor, x.hidden_size, cfg.shared_dim, load_pretrained=load_pretrained
         )
         y = YEncoder.from_config(cfg.y_encoder, cfg.shared_dim, load_pretrained=load_pretrained)
-        model = cls(cfg, x, p, y)
+        q = build_query_encoder(cfg, load_pretrained=load_pretrained)
+        model = cls(cfg, x, p, y, query_encoder=q)
         if with_decoder:
             model.attach_decoder()
         return model
@@ -139,6 +145,10 @@ class VLJEPA(nn.Module):
             prompt = self.config.retrieval_prompt
             queries = [prompt] * b if prompt else None
         q = self.predictor.tokenize(queries, b)
+        if self.query_encoder is not None:
+            states = self.query_encoder.states(q["input_ids"], q["attention_mask"])
+            pred = self.predictor(x_tokens, query_mask=q["attention_mask"], query_states=states)
+            return F.normalize(pred.float(), dim=-1)
         return self.predict(x_tokens, q["input_ids"], q["attention_mask"])
 
     @torch.no_grad()
@@ -156,7 +166,7 @@ class VLJEPA(nn.Module):
         return self.config.x_encoder.name_or_path is None
 
     def _state_to_save(self) -> dict[str, torch.Tensor]:
-        state = self.state_dict()
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("query_encoder.")}
         if not self._x_weights_stored():
             state = {k: v for k, v in state.items() if not k.startswith("x_encoder.")}
         return saved.dedup_state(state)  # tied weights (e.g. GPT-2's lm_head): stored once
@@ -227,6 +237,7 @@ class VLJEPA(nn.Module):
             raise ValueError(f"{directory}: unexpected weights {unexpected[:5]}")
         if arch.get("x_encoder_weights") == "name_or_path":  # loaded by name above
             missing = [k for k in missing if not k.startswith("x_encoder.")]
+        missing = [k for k in missing if not k.startswith("query_encoder.")]  # by name above
         missing = [k for k in missing if not _is_tied(model, k)]
         if missing:
             raise ValueError(f"{directory}: missing weights {missing[:5]}")
@@ -274,6 +285,18 @@ class VLJEPA(nn.Module):
             t, f = saved.count_params(module)
             out[name] = {"trainable": t, "frozen": f}
         return out
+
+
+def build_query_encoder(cfg: VLJEPAConfig, *, load_pretrained: bool = True) -> nn.Module | None:
+    if not cfg.predictor.query_encoder:
+        return None
+    from jepa.query_encoder import QueryEncoder
+
+    return QueryEncoder(
+        cfg.predictor.query_encoder,
+        cfg.predictor.max_query_length,
+        load_pretrained=load_pretrained,
+    )
 
 
 def _is_tied(model: nn.Module, key: str) -> bool:

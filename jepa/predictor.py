@@ -91,6 +91,37 @@ def llama_config_from(arch: dict):
     return LlamaConfig(**arch)
 
 
+def query_tokenizer_name(cfg: PredictorConfig) -> str:
+    """Whose tokenizer turns a query into ids: the query encoder's when there is one."""
+    return cfg.query_encoder or cfg.tokenizer
+
+
+def encode_queries(tokenizer, texts: list[str], cfg: PredictorConfig) -> list[list[int]]:
+    """Query texts -> unpadded id lists, the way the predictor reads them: a query encoder's own
+    special tokens included (it was pretrained with them), none for the token table."""
+    ids = tokenizer(
+        list(texts),
+        truncation=True,
+        max_length=cfg.max_query_length,
+        add_special_tokens=cfg.query_encoder is not None,
+    )["input_ids"]
+    # An empty query is no query (no special tokens either): a clip's embedding must not depend
+    # on whether a batch it shares with asked rows pads it.
+    return [list(q) if t else [] for q, t in zip(ids, texts, strict=True)]
+
+
+def pad_queries(seqs, pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Ragged query id lists -> right-padded (input_ids, attention_mask); empty rows are all pad."""
+    width = max((len(q) for q in seqs), default=0)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, q in enumerate(seqs):
+        if len(q):
+            ids[i, : len(q)] = torch.as_tensor(list(q), dtype=torch.long)
+            mask[i, : len(q)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
 def query_tokenizer(name_or_path: str):
     """The predictor's query tokenizer with a pad token (Llama's has none: padding is masked, so
     the end-of-text token serves). A copy: the cached tokenizer is shared and stays as loaded."""
@@ -119,6 +150,11 @@ class Predictor(nn.Module):
             torch.manual_seed(cfg.seed + 1)
             self.in_proj = nn.Linear(x_dim, hidden)
             self.head = nn.Linear(hidden, shared_dim)
+            self.query_adapter = None
+            if cfg.query_encoder:
+                from jepa.query_encoder import query_dim
+
+                self.query_adapter = nn.Linear(query_dim(cfg.query_encoder), hidden)
         self._tokenizer = None
 
     @classmethod
@@ -130,7 +166,7 @@ class Predictor(nn.Module):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = query_tokenizer(self.cfg.tokenizer)
+            self._tokenizer = query_tokenizer(query_tokenizer_name(self.cfg))
         return self._tokenizer
 
     @property
@@ -146,7 +182,7 @@ class Predictor(nn.Module):
         return self.llama.embed_tokens
 
     def tokenize(self, queries: list[str] | None, batch_size: int) -> dict[str, torch.Tensor]:
-        """Queries -> right-padded (input_ids, attention_mask), no special tokens.
+        """Queries -> right-padded (input_ids, attention_mask) (`encode_queries`).
 
         `None` (stage-1 captioning has no query) gives zero-length tensors; empty strings give
         all-pad rows. Both leave the prediction to the visual tokens alone.
@@ -157,29 +193,38 @@ class Predictor(nn.Module):
             return {"input_ids": empty, "attention_mask": empty.clone()}
         if len(queries) != batch_size:
             raise ValueError(f"{len(queries)} queries for a batch of {batch_size}")
-        enc = self.tokenizer(
-            list(queries),
-            padding=True,
-            truncation=True,
-            max_length=self.cfg.max_query_length,
-            add_special_tokens=False,
-            return_tensors="pt",
-        )
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        return pad_queries(encode_queries(self.tokenizer, list(queries), self.cfg))
 
     def forward(
         self,
         x_tokens: torch.Tensor,
         query_ids: torch.Tensor | None = None,
         query_mask: torch.Tensor | None = None,
+        query_states: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, shared_dim), not normalised. Visual tokens first, then query tokens."""
+        """(B, shared_dim), not normalised. Visual tokens first, then query tokens.
+
+        The query comes as token ids (`query_ids`, read through the token table) or, with a
+        query encoder configured, as its token states (`query_states`, B x L x D)."""
         dtype = self.in_proj.weight.dtype
         device = self.in_proj.weight.device
         h = self.in_proj(x_tokens.to(device=device, dtype=dtype))
         b, n, _ = h.shape
         mask = torch.ones(b, n, dtype=torch.bool, device=device)
-        if query_ids is not None and query_ids.shape[1] > 0:
+        if self.query_adapter is not None and query_ids is not None and query_ids.shape[1] > 0:
+            raise ValueError(
+                f"this predictor reads queries through {self.cfg.query_encoder}: pass its "
+                "token states (query_states), not token ids"
+            )
+        if query_states is not None and query_states.shape[1] > 0:
+            if self.query_adapter is None:
+                raise ValueError("query_states need a predictor with a query_encoder")
+            if query_mask is None:
+                query_mask = torch.ones(query_states.shape[:2], dtype=torch.long)
+            q = self.query_adapter(query_states.to(device=device, dtype=dtype))
+            h = torch.cat([h, q], dim=1)
+            mask = torch.cat([mask, query_mask.to(device=device, dtype=torch.bool)], dim=1)
+        elif query_ids is not None and query_ids.shape[1] > 0:
             query_ids = query_ids.to(device)
             if query_mask is None:
                 query_mask = torch.ones_like(query_ids)

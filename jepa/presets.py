@@ -128,7 +128,10 @@ def _tiny() -> VLJEPAConfig:
     return VLJEPAConfig(
         preset_name="tiny",
         x_encoder=XEncoderConfig(),  # 64 px, 16 frames, 16 px patches, tubelet 2 -> 128 x 192
-        predictor=PredictorConfig(arch=dict(TINY_LLAMA_ARCH), tokenizer="minilm"),
+        # Random predictor layers know no words: MiniLM reads the query (jepa/query_encoder.py).
+        predictor=PredictorConfig(
+            arch=dict(TINY_LLAMA_ARCH), tokenizer="minilm", query_encoder="minilm"
+        ),
         y_encoder=YEncoderConfig(name_or_path="minilm", arch=dict(MINILM_ARCH)),
         y_decoder=YDecoderConfig(),
         shared_dim=256,
@@ -138,6 +141,8 @@ def _tiny() -> VLJEPAConfig:
 def _tiny_text() -> VLJEPAConfig:
     cfg = _tiny()
     cfg.preset_name = "tiny-text"
+    # The predictor's own token table (the paper's path), so unit tests cover it.
+    cfg.predictor.query_encoder = None
     cfg.y_encoder = YEncoderConfig(name_or_path=None, arch=dict(TINY_BERT_ARCH), max_length=32)
     return cfg
 

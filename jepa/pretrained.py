@@ -131,7 +131,8 @@ def predictor_config(
 ) -> PredictorConfig:
     """The predictor on a pretrained Llama: its last `keep_last_layers` layers (default: all)
     with its token table and tokenizer; `arch` = the Llama config with num_hidden_layers = the
-    layers kept. max_query_length and seed stay `base`'s."""
+    layers kept; queries through its own token table, not a query encoder. max_query_length and
+    seed stay `base`'s."""
     from transformers import AutoConfig
 
     name_or_path = _local(name_or_path)
@@ -158,6 +159,8 @@ def predictor_config(
         keep_last_layers=keep,
         arch=arch,
         tokenizer=name_or_path,
+        # a pretrained Llama reads queries through its own token table (the paper's predictor)
+        query_encoder=None,
     )
     return PredictorConfig.model_validate(out)
 

@@ -74,6 +74,5 @@ def predict(model, items: list[tuple[np.ndarray, str]]) -> list[np.ndarray]:
         x = torch.empty(len(items), enc.num_tokens, enc.hidden_size, device=enc.device)
         for idx in by_shape.values():
             x[idx] = enc(np.stack([items[i][0] for i in idx]))
-        q = model.predictor.tokenize(queries if any(queries) else None, len(items))
-        pred = model.predict(x, q["input_ids"], q["attention_mask"])
+        pred = model.predict_queries(x, queries if any(queries) else None)
     return list(pred.float().cpu().numpy())

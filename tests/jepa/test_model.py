@@ -161,10 +161,9 @@ def test_y_encoder_group_has_0_05x_learning_rate(tiny_text):
 
 def _outputs(model: VLJEPA, frames: np.ndarray) -> dict:
     x = model.x_encoder(frames)
-    q = model.predictor.tokenize(["what happens", "colour?"], 2)
     out = {
         "x": x,
-        "pred": model.predict(x, q["input_ids"], q["attention_mask"]),
+        "pred": model.predict_queries(x, ["what happens", "colour?"]),
         "text": model.embed_text(["the lamp turns off", "a dog runs"]),
         "scale": model.scale().detach(),
     }
@@ -263,3 +262,33 @@ def test_model_info_cli_prints_table():
         timeout=300,
     )
     assert bad.returncode == 2 and "unknown preset" in bad.stderr
+
+
+def test_query_encoder_reads_queries_and_is_never_saved(tmp_path):
+    """The tiny preset reads a query through frozen MiniLM + a trained adapter: the query
+    reaches the visual positions (bidirectional), an empty query is no query whatever else is
+    in the batch, the frozen encoder gets no gradient and is not in the saved weights (it is
+    loaded by name), and the loaded model predicts the same."""
+    from safetensors.torch import load_file
+
+    model = VLJEPA.from_preset("tiny").eval()
+    assert model.query_encoder is not None and model.predictor.query_adapter is not None
+    x = torch.randn(3, 128, 192, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        plain = model.predict_queries(x[:1])
+        mixed = model.predict_queries(x, ["", "what colour is the ball?", "is it red?"])
+        alone = model.predict_queries(x[1:2], ["what colour is the ball?"])
+    torch.testing.assert_close(mixed[:1], plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(mixed[1:2], alone, atol=1e-5, rtol=0)
+    assert not torch.allclose(mixed[1], mixed[2], atol=1e-3)
+    assert not any(p.requires_grad for p in model.query_encoder.parameters())
+    model.save_pretrained(tmp_path)
+    keys = load_file(str(tmp_path / "model.safetensors"))
+    assert not any(k.startswith("query_encoder.") for k in keys)
+    assert any(k.startswith("predictor.query_adapter.") for k in keys)
+    loaded = VLJEPA.from_pretrained(tmp_path)
+    with torch.no_grad():
+        again = loaded.predict_queries(x, ["", "what colour is the ball?", "is it red?"])
+    torch.testing.assert_close(again, mixed, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="query_states"):
+        model.predictor(x, torch.ones(3, 2, dtype=torch.long))
