@@ -1,8 +1,8 @@
 """Question-answer pairs from each clip's ground truth (stage-2 data for query-conditioned VL-JEPA).
 
-Every question type has a CLOSED candidate set (yes/no, or at least 4 answers) and at least 5
-word-different paraphrase templates. The train split asks only with `TRAIN_TEMPLATES` (the first
-3), the val split only with `VAL_TEMPLATES` (the other 2), so val measures held-out paraphrases.
+Every question type has a CLOSED candidate set (yes/no, or at least 4 answers) and 8
+word-different paraphrase templates. The train split asks only with `TRAIN_TEMPLATES` (6 of them),
+the val split only with `VAL_TEMPLATES` (the other 2), so val measures held-out paraphrases.
 Answers are short canonical strings drawn from the type's candidates.
 
 | type | asked of | candidates |
@@ -57,6 +57,9 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "tell me the shade of the orb",
             "name the paint on this round object",
             "the disc is painted in what tint?",
+            "what colour does the ball have?",
+            "say which colour this sphere shows",
+            "which colour describes the orb?",
         ),
     ),
     "action": (
@@ -67,6 +70,9 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "describe the orb's behaviour in this clip",
             "which change does the round object undergo?",
             "how does the disc act over time?",
+            "what is the ball doing?",
+            "tell me what the sphere does here",
+            "which action does the orb perform?",
         ),
     ),
     "direction": (
@@ -77,6 +83,9 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "where is the orb heading?",
             "toward which side does the round object go?",
             "the disc drifts to which edge?",
+            "which direction is the ball going?",
+            "tell me where the sphere moves to",
+            "to which side does the orb travel?",
         ),
     ),
     "dark_at_end": (
@@ -87,6 +96,9 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "by the last moment, has darkness fallen?",
             "in the final frame is everything dim?",
             "when the video stops, are the lights out?",
+            "is it dark when the clip ends?",
+            "does the light go off by the end?",
+            "at the finish, is the scene unlit?",
         ),
     ),
     "colour_before": (
@@ -95,8 +107,11 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "what colour is the ball before it changes?",
             "which hue did the sphere start with?",
             "tell me the orb's original shade",
-            "initially, how was the round object painted?",
-            "the disc first shows what tint?",
+            "what was the round object's hue originally?",
+            "what shade did the disc have at first, before changing?",
+            "at the start, which colour does the ball have?",
+            "what was the sphere's colour at the beginning?",
+            "the orb's earliest hue is what?",
         ),
     ),
     "colour_after": (
@@ -105,8 +120,11 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "what colour is the ball after it changes?",
             "which hue does the sphere end with?",
             "tell me the orb's final shade",
-            "eventually, how is the round object painted?",
-            "the disc last shows what tint?",
+            "what is the round object's hue in the end?",
+            "what tint is the disc when the clip finishes?",
+            "at the end, which colour does the ball have?",
+            "what is the sphere's colour at the finish?",
+            "the orb's latest hue is what?",
         ),
     ),
     "has_colour": (
@@ -117,10 +135,15 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "would you call the orb {c}?",
             "is this round object painted {c}?",
             "the disc has a {c} tint, true?",
+            "the ball's colour is {c}, correct?",
+            "tell me if the sphere is {c}",
+            "the orb is {c}, yes or no?",
         ),
     ),
 }
-TRAIN_TEMPLATES = (0, 1, 2)
+# Templates 0-2 and 5-7 train, 3-4 are held out for val (5-7 were added later; the indices of
+# the first five stay as they were).
+TRAIN_TEMPLATES = (0, 1, 2, 5, 6, 7)
 VAL_TEMPLATES = (3, 4)
 CAPTION_UNANSWERABLE = ("has_colour", "colour_before", "colour_after")
 
@@ -147,33 +170,49 @@ def _facts(cls: EventClass) -> list[tuple[str, str, dict]]:
 
 
 def build_questions(clips: list[dict], seed: int) -> list[dict]:
-    """`questions.jsonl` rows for the planned manifest `clips` (event clips only)."""
+    """`questions.jsonl` rows for the planned manifest `clips` (event clips only).
+
+    A train clip is asked each applicable type once, in one of the train templates (drawn by the
+    seed), and `has_colour` twice, naming its colour once (yes) and another once (no): the same
+    clip with two answers that only the named colour tells apart. A val clip is asked each type in
+    EVERY val template (`has_colour` alternating yes/no), so the held-out phrasings are all
+    measured and a small val split still gives each type enough questions to score."""
     rows: list[dict] = []
-    n_has = {"train": 0, "val": 0}  # alternate yes/no per split: exactly balanced
+    n_has = {"train": 0, "val": 0}  # val: alternate yes/no, exactly balanced
     for i, clip in enumerate(clips):
         cls = BY_LABEL[clip["label"]]
         split = clip["split"]
         rng = np.random.default_rng([seed, 3, i])
         allowed = templates_for(split)
         for qtype, answer, fields in _facts(cls):
-            if qtype == "has_colour":
-                yes = (n_has[split] + seed) % 2 == 0
-                n_has[split] += 1
-                others = [c for c in COLOUR_NAMES if c != cls.colour]
-                named = cls.colour if yes else others[int(rng.integers(len(others)))]
-                answer, fields = ("yes" if yes else "no"), {"c": named}
             candidates, templates = QUESTION_TYPES[qtype]
-            template = int(allowed[int(rng.integers(len(allowed)))])
-            rows.append(
-                {
-                    "clip_id": clip["id"],
-                    "qid": f"{clip['id']}-{qtype}",
-                    "type": qtype,
-                    "question": templates[template].format(**fields),
-                    "answer": answer,
-                    "candidates": list(candidates),
-                    "template": template,
-                    "split": split,
-                }
-            )
+            if split == "val":
+                asked = list(allowed)
+            elif qtype == "has_colour":  # the same clip asked yes and no: the named colour decides
+                asked = [int(t) for t in rng.choice(allowed, size=2)]
+            else:
+                asked = [int(allowed[int(rng.integers(len(allowed)))])]
+            for k, template in enumerate(asked):
+                if qtype == "has_colour":
+                    if split == "val":
+                        yes = (n_has[split] + seed) % 2 == 0
+                        n_has[split] += 1
+                    else:
+                        yes = k == 0
+                    others = [c for c in COLOUR_NAMES if c != cls.colour]
+                    named = cls.colour if yes else others[int(rng.integers(len(others)))]
+                    answer, fields = ("yes" if yes else "no"), {"c": named}
+                suffix = f"-{k}" if len(asked) > 1 else ""
+                rows.append(
+                    {
+                        "clip_id": clip["id"],
+                        "qid": f"{clip['id']}-{qtype}{suffix}",
+                        "type": qtype,
+                        "question": templates[template].format(**fields),
+                        "answer": answer,
+                        "candidates": list(candidates),
+                        "template": int(template),
+                        "split": split,
+                    }
+                )
     return rows
