@@ -236,3 +236,90 @@ def check_model_x_encoder(features: Features, model_x: XEncoderConfig, model: st
             f"{ {k: b.get(k) for k in diff} }, features { {k: a[k] for k in diff} }); evaluate it "
             "on features embedded the way its training data was"
         )
+
+
+# ---------------------------------------------------------------------------------- questions
+# Stage-2 data: question-answer pairs about the clips, in their own table under OUT/questions/.
+# A row holds the question's text and ids, the answer's text and ids, and the closed candidate
+# set, keyed by `clip_id`, never the clip's tokens: training joins them to the data table, so N
+# questions about a clip cost N x (text + ids), not N x x_tokens (~16 MiB a clip at paper scale).
+QUESTIONS_DIR = "questions"
+KEY_QUERY_TOKENIZER = "query_tokenizer"  # whose tokenizer made query_ids (the predictor's)
+QUESTION_COLUMNS = (
+    "clip_id",
+    "qid",
+    "type",
+    "question",
+    "query_ids",
+    "answer",
+    "answer_ids",
+    "candidates",
+    "template",
+    "split",
+)
+
+
+def questions_schema(metadata: dict[str, str]) -> pa.Schema:
+    schema = pa.schema(
+        [
+            ("clip_id", pa.string()),
+            ("qid", pa.string()),
+            ("type", pa.string()),
+            ("question", pa.string()),
+            ("query_ids", pa.list_(pa.int32())),
+            ("answer", pa.string()),
+            ("answer_ids", pa.list_(pa.int32())),
+            ("candidates", pa.list_(pa.string())),
+            ("template", pa.int32()),
+            ("split", pa.string()),
+        ]
+    )
+    return schema.with_metadata({f"{META_PREFIX}{k}": v for k, v in metadata.items()})
+
+
+def questions_files(root: str) -> list[str]:
+    """The Parquet files of a features root's questions table ([] when it has none)."""
+    base = storage.join(root, QUESTIONS_DIR)
+    return sorted(
+        f
+        for f in storage.list_files(base)
+        if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith((".", "_"))
+    )
+
+
+def read_questions(root: str, split: str | None = None) -> pa.Table:
+    """The questions table (one split, or all), with its metadata. Raises IncompatibleFeatures
+    when the root has none."""
+    files = questions_files(root)
+    if not files:
+        raise IncompatibleFeatures(
+            f"{root} has no questions (no {QUESTIONS_DIR}/*.parquet): embed a corpus that has a "
+            "questions.jsonl beside its manifest (docs/corpus-formats.md, section 4)"
+        )
+    tables = []
+    for f in files:
+        fs, path = storage.filesystem(f)
+        t = pq.read_table(path, filesystem=fs)
+        if split is not None:
+            import pyarrow.compute as pc
+
+            t = t.filter(pc.equal(t["split"], split))
+        tables.append(t)
+    return pa.concat_tables(tables, promote_options="none")
+
+
+def check_query_tokenizer(root: str, predictor: PredictorConfig) -> None:
+    """query_ids were made by the features' predictor tokenizer; the model's must be the same."""
+    from jepa.predictor import query_tokenizer_name
+    from jepa.text import resolve
+
+    files = questions_files(root)
+    if not files:
+        return
+    meta, _ = file_metadata(files[0])
+    have, want = meta.get(KEY_QUERY_TOKENIZER), query_tokenizer_name(predictor)
+    if have is not None and resolve(have) != resolve(want):
+        raise IncompatibleFeatures(
+            f"the questions in {root} were tokenised with {have!r} but this model's predictor "
+            f"reads queries with {want!r}: re-embed with the same --preset/--predictor"
+        )

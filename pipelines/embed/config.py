@@ -74,6 +74,11 @@ class EmbedConfig(BaseModel):
     )
     experiment: str = Field("vljepa-embed", description="MLflow experiment")
     progress: bool = Field(True, description="Ray Data progress bars")
+    questions: str | None = Field(
+        None,
+        description="questions.jsonl to store with the clips (default: the one beside the "
+        "manifest or the shards folder, if there is one; '' for none)",
+    )
     # Sleep this long after each batch in the workers: lets tests interrupt a run part-way.
     debug_batch_delay_s: float = Field(0.0, ge=0)
 

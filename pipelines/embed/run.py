@@ -327,11 +327,15 @@ def run(cfg: EmbedConfig) -> dict[str, Any]:
             assembler.add(batch)
         if assembler.open_shards:
             raise EmbedError(f"pipeline ended with shards still open: {assembler.open_shards[:5]}")
-    return _summarise(cfg, shards, done, assembler, progress, concurrency)
+    from pipelines.embed import questions
+
+    source = questions.locate(cfg)
+    asked = questions.write(cfg, source) if source else {"questions": 0}
+    return _summarise(cfg, shards, done, assembler, progress, concurrency, asked)
 
 
 def _summarise(
-    cfg, shards, done, assembler: ShardAssembler, p: Progress, concurrency
+    cfg, shards, done, assembler: ShardAssembler, p: Progress, concurrency, extra: dict
 ) -> dict[str, Any]:
     wall = time.perf_counter() - p.t0
     records = {**done, **assembler.records}
@@ -369,6 +373,7 @@ def _summarise(
         "config": json.loads(cfg.model_dump_json()),
         "config_hash": cfg.model().hash(),
         "finished_at": time.time(),
+        **extra,
     }
     if total_rows == 0:
         summary["ok"] = False
