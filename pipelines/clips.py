@@ -390,3 +390,13 @@ def _first_line(e: BaseException) -> str:
     text = _DECORD_PREFIX.sub("", str(e)).strip().splitlines()
     line = text[0] if text else type(e).__name__
     return line[:300]
+
+
+def state_pair(initial: np.ndarray, final: np.ndarray, num_frames: int) -> np.ndarray:
+    """Two single-frame states (H,W,3) -> the clip the X-encoder sees for them (T,H,W,3): the
+    initial state held for the first half of the frames, the final state for the rest (the
+    WorldPrediction-style input: before and after, with the action itself left out)."""
+    if initial.shape != final.shape:
+        raise ValueError(f"state images differ in shape: {initial.shape} vs {final.shape}")
+    first = num_frames // 2
+    return np.stack([initial] * first + [final] * (num_frames - first))

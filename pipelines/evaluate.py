@@ -42,7 +42,16 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(description="DIR | runs:/<id>/model | models:/<name>/<version>")
+    baseline: str | None = Field(
+        None, description="a second model scored beside `model` on the same questions (VQA)"
+    )
     data: str | None = Field(None, description="features root (val split) for retrieval etc.")
+    worldprediction: str | None = Field(
+        None,
+        description="corpus root holding worldprediction.jsonl: WorldPrediction-style accuracy "
+        "(which candidate clip turns the initial state into the final one; needs `data` for "
+        "the candidates' tokens)",
+    )
     corpus: str | None = Field(None, description="synthetic corpus root (streams.jsonl)")
     split: str = "val"
     window_s: float = Field(2.0, gt=0, description="stream window length")
@@ -271,6 +280,20 @@ def run_eval(cfg: EvalConfig) -> dict:
         results["retrieval"] = m
         order = np.argsort(val["captions"], kind="stable")
         figures["plots/eval_similarity.png"] = tracking.similarity_figure(sim[:, order])
+        models = side_by_side(model, cfg)
+        vqa = vqa_results(models, cfg)
+        if cfg.worldprediction:
+            from pipelines.vqa_eval import worldprediction_accuracy
+
+            results["worldprediction"] = {
+                name: worldprediction_accuracy(m, cfg.worldprediction, cfg.data, cfg.split)
+                for name, m in models
+            }
+        if vqa:
+            from pipelines.vqa_eval import accuracy_figure
+
+            results["vqa"] = vqa
+            figures["plots/vqa_by_type.png"] = accuracy_figure(vqa)
         if model.y_decoder is not None:
             c, texts = captioning_cider(model, val, pred, cfg.num_beams)
             results["captioning"] = {
@@ -291,6 +314,35 @@ def run_eval(cfg: EvalConfig) -> dict:
     if cfg.log_mlflow:
         results["run_id"] = _log(cfg, results, figures)
     return results
+
+
+def side_by_side(model, cfg: EvalConfig) -> list[tuple[str, object]]:
+    """[(label, model)] for the model and the baseline (if any); the label says how each reads a
+    question (a stage-1 model gets its generic query)."""
+    from jepa.model import VLJEPA
+    from pipelines import features
+    from pipelines.train import tracking
+
+    models = [(cfg.model, model)]
+    if cfg.baseline:
+        base = VLJEPA.from_pretrained(tracking.resolve_model(cfg.baseline, cfg.tracking_uri))
+        if cfg.data:
+            features.check_model_x_encoder(
+                features.load(cfg.data), base.config.x_encoder, cfg.baseline
+            )
+        models.append((cfg.baseline, base))
+    how = {True: "reads the question", False: "generic query"}
+    return [(f"{n} ({how[bool(m.config.trained_with_queries)]})", m) for n, m in models]
+
+
+def vqa_results(models: list[tuple[str, object]], cfg: EvalConfig) -> dict[str, dict]:
+    """VQA accuracy per question type of each model; {} when the features hold no questions."""
+    from pipelines import features
+    from pipelines.vqa_eval import vqa_accuracy
+
+    if not features.questions_files(cfg.data):
+        return {}
+    return {name: vqa_accuracy(m, cfg.data, cfg.split) for name, m in models}
 
 
 def run_token_eval(model_dir: str, cfg: EvalConfig) -> dict:
@@ -331,6 +383,12 @@ def _log(cfg: EvalConfig, results: dict, figures: dict) -> str:
     flat.update({f"eval/{k}": v for k, v in results.get("classification", {}).items()})
     if "captioning" in results:
         flat["eval/captioning_cider"] = results["captioning"]["cider"]
+    for i, r in enumerate(results.get("vqa", {}).values()):
+        prefix = "eval" if i == 0 else "baseline"
+        flat[f"{prefix}/vqa_acc"] = r["overall"]
+        flat.update({f"{prefix}/vqa_{t}": v for t, v in r["by_type"].items()})
+    for i, r in enumerate(results.get("worldprediction", {}).values()):
+        flat[f"{'eval' if i == 0 else 'baseline'}/worldprediction_acc"] = r["accuracy"]
     sel = results.get("selective")
     if sel:
         flat.update(
@@ -355,5 +413,14 @@ def _log(cfg: EvalConfig, results: dict, figures: dict) -> str:
     for path, fig in figures.items():
         client.log_figure(run_id, fig, path)
     client.log_text(run_id, json.dumps(results, indent=2, default=str), "eval_results.json")
+    if results.get("vqa"):
+        from pipelines.vqa_eval import format_table
+
+        wp = [
+            f"- WorldPrediction-style accuracy {r['accuracy']:.3f} ({r['items']} items, chance "
+            f"{r['chance']:.2f}): {name}"
+            for name, r in results.get("worldprediction", {}).items()
+        ]
+        client.log_text(run_id, "\n".join([format_table(results["vqa"]), "", *wp]) + "\n", "vqa.md")
     client.set_terminated(run_id, "FINISHED")
     return run_id

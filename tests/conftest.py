@@ -15,6 +15,7 @@ Fixtures (session-scoped unless noted):
   k8s_namespace    -> the namespace every Kubernetes object of the session lives in
   synth_corpus     -> Path of a 40-clip, 2-stream synthetic corpus (seed 0)
   embedded_corpus, trained_model, decoded_model -> the trained-model runs (tests/trained_models.py)
+  stage2_model -> the stage-2 (SFT) run started from trained_model (tests/stage2_models.py)
   cli              -> (function) run `vljepa ...` as a subprocess with the session env
   session_dir      -> Path of this session's scratch directory (logs under logs/)
 
@@ -50,6 +51,7 @@ import pytest
 
 from tests import demo_fixture, kube, services
 from tests.services import Service, free_port, free_port_block, http_ok, tcp_open, wait_until
+from tests.stage2_models import stage2_model  # noqa: F401
 
 # The trained-model session fixtures (embedded_corpus, trained_model, decoded_model), shared by
 # tests/pipelines and tests/serve.

@@ -22,6 +22,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--data", default=None, help="features root (val split: retrieval, captioning)")
     p.add_argument("--corpus", default=None, help="synthetic corpus root (streams.jsonl)")
+    p.add_argument(
+        "--worldprediction",
+        default=None,
+        metavar="CORPUS",
+        help="corpus root with worldprediction.jsonl: WorldPrediction-style accuracy (which of "
+        "the candidate clips turns the initial state image into the final one; needs --data)",
+    )
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="a second model scored the same way and shown beside --model (e.g. the stage-1 "
+        "model a stage-2 run started from): VQA accuracy per question type",
+    )
     p.add_argument("--split", default="val")
     p.add_argument("--max-streams", type=int, default=None)
     p.add_argument("--stride", type=float, default=1.0, help="stream window stride in seconds")
@@ -71,10 +84,14 @@ def _rates(text: str) -> list[float]:
 def run(args: argparse.Namespace) -> int:
     from pipelines.evaluate import EvalConfig, run_eval
 
+    if args.worldprediction and not args.data:
+        raise UsageError("--worldprediction needs --data (the candidate clips' tokens)")
     if not args.data and not args.corpus:
         raise UsageError("give --data (features) and/or --corpus (streams)")
     kwargs = dict(
         model=args.model,
+        baseline=args.baseline,
+        worldprediction=args.worldprediction,
         data=args.data,
         corpus=args.corpus,
         split=args.split,
@@ -95,6 +112,16 @@ def run(args: argparse.Namespace) -> int:
         results = run_eval(EvalConfig(**kwargs))
     except IncompatibleFeatures as e:  # a model for other features: a usage problem
         raise UsageError(str(e)) from e
+    if "vqa" in results:
+        from pipelines.vqa_eval import format_table
+
+        print(format_table(results["vqa"]), file=sys.stderr)
+    for name, r in results.get("worldprediction", {}).items():
+        print(
+            f"WorldPrediction-style accuracy {r['accuracy']:.3f} over {r['items']} items "
+            f"(chance {r['chance']:.2f}): {name}",
+            file=sys.stderr,
+        )
     if "selective" in results:
         from pipelines.selective_eval import format_report
 

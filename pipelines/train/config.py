@@ -44,6 +44,24 @@ class TrainConfig(BaseModel):
     mask_duplicate_captions: bool = Field(
         True, description="rows with the same caption are not each other's InfoNCE negatives"
     )
+    stage: Literal["captions", "sft"] = Field(
+        "captions",
+        description="'captions' (stage 1: a clip predicts its caption, no query) or 'sft' "
+        "(stage 2: a clip and a question predict the answer, mixed with --caption-mix caption "
+        "rows; the features need questions, and the model is registered as trained with queries)",
+    )
+    init: str | None = Field(
+        None,
+        description="start from these weights (step 0, fresh optimizer): models:/NAME/VERSION, "
+        "runs:/ID/model, a saved model folder, or a run's checkpoint (dir or s3://)",
+    )
+    caption_mix: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="sft: share of rows that train on their caption (stage-1 data) instead of "
+        "one of the clip's questions",
+    )
     # model: the preset gives the predictor and Y-encoder; the X-encoder (and its sampling)
     # always comes from the features' metadata
     objective: Literal["embedding", "tokens"] = Field(
@@ -156,6 +174,11 @@ class TrainConfig(BaseModel):
                 f"loss {self.loss!r} is a loss of the embedding objective; --objective tokens "
                 "trains with cross-entropy on the caption tokens"
             )
+        if self.objective == "tokens" and self.stage == "sft":
+            raise ValueError(
+                "stage 'sft' trains the embedding objective with queries; --objective tokens "
+                "has no stage 2"
+            )
         if self.predictor_layers is not None and self.predictor is None:
             raise ValueError("predictor_layers needs predictor (a pretrained Llama to cut)")
         if self.fail_at_step is not None and self.fail_marker is None:
@@ -168,16 +191,24 @@ class TrainConfig(BaseModel):
             object.__setattr__(self, "warmup_steps", max(0, self.steps // 10))
         return self
 
-    def build_model_config(self, features):
+    def build_model_config(self, features, init_config=None):
         """The VLJEPAConfig this run trains: the X-encoder (and its sampling) from the features
         (`pipelines.features.Features`), the predictor and Y-encoder from the preset or the
-        pretrained folders/names given, the tunables that are set."""
+        pretrained folders/names given, the tunables that are set. `init_config`, the config of
+        the saved model `--init` names, replaces the preset (its weights must fit)."""
         from jepa import pretrained
         from jepa.config import VLJEPAConfig
-        from pipelines.features import check_tokenizer
+        from pipelines.features import check_model_x_encoder, check_tokenizer
 
-        cfg = VLJEPAConfig.preset(self.preset)
+        if init_config is not None:
+            check_model_x_encoder(features, init_config.x_encoder, self.init or "--init")
+            cfg = init_config.model_copy(deep=True)
+            cfg.detector = None
+        else:
+            cfg = VLJEPAConfig.preset(self.preset)
         cfg.x_encoder = features.x_encoder
+        if self.stage == "sft":
+            cfg.trained_with_queries = True
         if self.predictor:
             cfg.predictor = pretrained.predictor_config(
                 self.predictor, cfg.predictor, self.predictor_layers

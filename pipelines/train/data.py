@@ -25,17 +25,75 @@ log = logging.getLogger(__name__)
 
 TRAIN_COLUMNS = ["x_tokens", "caption_ids", "paraphrase_ids"]
 VAL_COLUMNS = ["clip_id", "x_tokens", "caption_ids", "caption", "label"]
+# Stage 2: each train clip carries its questions' ids (joined by clip_id, never copied per question)
+QUESTION_COLUMNS = ["q_query_ids", "q_answer_ids"]
 
 
-def load_splits(root: str, train_split: str = "train", val_split: str = "val"):
-    """(train, val) materialised Ray Datasets of one features root."""
+class AttachQuestions:
+    """map_batches: add each clip's questions (query and answer ids) as two list columns, so a
+    clip's tokens travel once however many questions it has; the collate picks one per step."""
+
+    def __init__(self, by_clip: dict[str, tuple[list, list]]) -> None:
+        self.by_clip = by_clip
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        ids = batch.column("clip_id").to_pylist()
+        empty: tuple[list, list] = ([], [])
+        q = [self.by_clip.get(c, empty)[0] for c in ids]
+        a = [self.by_clip.get(c, empty)[1] for c in ids]
+        t = pa.list_(pa.list_(pa.int32()))
+        return (
+            batch.append_column("q_query_ids", pa.array(q, t))
+            .append_column("q_answer_ids", pa.array(a, t))
+            .drop_columns(["clip_id"])
+        )
+
+
+def questions_by_clip(root: str, split: str) -> dict[str, tuple[list, list]]:
+    """{clip_id: ([query ids...], [answer ids...])} of one split's questions."""
+    from pipelines.features import read_questions
+
+    t = read_questions(root, split)
+    out: dict[str, tuple[list, list]] = {}
+    for c, q, a in zip(
+        t["clip_id"].to_pylist(),
+        t["query_ids"].to_pylist(),
+        t["answer_ids"].to_pylist(),
+        strict=True,
+    ):
+        out.setdefault(c, ([], []))
+        out[c][0].append(q)
+        out[c][1].append(a)
+    return out
+
+
+def load_splits(
+    root: str, train_split: str = "train", val_split: str = "val", questions: bool = False
+):
+    """(train, val) materialised Ray Datasets of one features root; with `questions`, every
+    train clip carries its questions (`AttachQuestions`)."""
     import ray.data
 
     files = data_files(root)
     fs, _ = storage.filesystem(root)
     paths = [storage.filesystem(f)[1] for f in files]
     ds = ray.data.read_parquet(paths, filesystem=fs)
-    train = ds.filter(expr=f"split == '{train_split}'").select_columns(TRAIN_COLUMNS).materialize()
+    train = ds.filter(expr=f"split == '{train_split}'")
+    if questions:
+        by_clip = questions_by_clip(root, train_split)
+        if not by_clip:
+            raise ValueError(f"no questions with split={train_split!r} in {root}")
+        train = train.select_columns(["clip_id", *TRAIN_COLUMNS]).map_batches(
+            AttachQuestions,
+            fn_constructor_kwargs={"by_clip": by_clip},
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=1),
+        )
+        train = train.materialize()
+    else:
+        train = train.select_columns(TRAIN_COLUMNS).materialize()
     val = ds.filter(expr=f"split == '{val_split}'").select_columns(VAL_COLUMNS).materialize()
     for d in (train, val):  # per-epoch bars from every worker would drown the training log
         d.context.enable_progress_bars = False
@@ -62,26 +120,71 @@ def pad_ids(seqs, max_len: int, pad_id: int = 0) -> tuple[torch.Tensor, torch.Te
 class Collate(NumpyBatchCollateFn):
     """numpy batch -> torch tensors; a paraphrase replaces the caption with `paraphrase_prob`.
 
+    Stage 2 (`caption_mix` set, rows carrying `q_query_ids`): each row trains on one of its clip's
+    questions (query -> answer), or on its caption with probability `caption_mix`. The query goes
+    out as ids, or as the frozen query encoder's token states when the predictor has one
+    (`query_encoder`): that encoder runs here, in the data path, like the X-encoder ran in embed.
     A callable object (Ray's collate protocol) so Ray can run it in its prefetching threads.
     """
 
-    def __init__(self, max_len: int = 32, paraphrase_prob: float = 0.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        max_len: int = 32,
+        paraphrase_prob: float = 0.0,
+        seed: int = 0,
+        caption_mix: float | None = None,
+        query_encoder: str | None = None,
+        max_query_length: int = 32,
+    ) -> None:
         self.max_len = max_len
         self.paraphrase_prob = paraphrase_prob
+        self.caption_mix = caption_mix
+        self.query_encoder = query_encoder
+        self.max_query_length = max_query_length
         self._rng = np.random.default_rng(seed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         texts = list(batch["caption_ids"])
-        # The caption (before any paraphrase swap) names the event: rows sharing it are not
-        # each other's negatives in InfoNCE.
+        queries: list = [[] for _ in texts]
+        if self.caption_mix is not None and "q_query_ids" in batch:
+            for i, (qs, answers) in enumerate(
+                zip(batch["q_query_ids"], batch["q_answer_ids"], strict=True)
+            ):
+                if qs is not None and len(qs) and self._rng.random() >= self.caption_mix:
+                    j = int(self._rng.integers(len(qs)))
+                    queries[i], texts[i] = qs[j], answers[j]
+        # The target text (before any paraphrase swap) names what a row describes: rows sharing
+        # it are not each other's negatives in InfoNCE.
         keys = torch.tensor([caption_key(t) for t in texts], dtype=torch.int64)
         if self.paraphrase_prob > 0 and "paraphrase_ids" in batch:
             for i, paras in enumerate(batch["paraphrase_ids"]):
+                if len(queries[i]):
+                    continue
                 if paras is not None and len(paras) and self._rng.random() < self.paraphrase_prob:
                     texts[i] = paras[self._rng.integers(len(paras))]
         ids, mask = pad_ids(texts, self.max_len)
         x = torch.from_numpy(np.array(batch["x_tokens"], copy=True))
-        return {"x_tokens": x, "input_ids": ids, "attention_mask": mask, "caption_key": keys}
+        out = {"x_tokens": x, "input_ids": ids, "attention_mask": mask, "caption_key": keys}
+        if self.caption_mix is not None:
+            out.update(query_inputs(queries, self.query_encoder, self.max_query_length))
+        return out
+
+
+def query_inputs(queries, query_encoder: str | None, max_query_length: int = 32) -> dict:
+    """Ragged query id lists -> the predictor's query inputs: padded ids and mask, plus the
+    frozen query encoder's token states when the predictor reads queries through one."""
+    from jepa.predictor import pad_queries
+
+    q = pad_queries([list(np.asarray(s, dtype=np.int64)[:max_query_length]) for s in queries])
+    out = {"query_ids": q["input_ids"], "query_mask": q["attention_mask"]}
+    if query_encoder:
+        from jepa.query_encoder import shared
+
+        out["query_states"] = shared(query_encoder, max_query_length).states(
+            q["input_ids"], q["attention_mask"]
+        )
+        del out["query_ids"]
+    return out
 
 
 def caption_key(token_ids) -> int:
@@ -94,11 +197,17 @@ def event_key(text: str) -> int:
     return zlib.crc32(text.strip().lower().encode())
 
 
-def iter_train_batches(shard, cfg, epoch: int):
+def iter_train_batches(shard, cfg, epoch: int, query_encoder: str | None = None):
     """One epoch of a rank's train shard as torch batches, prefetched in the background."""
     return shard.iter_torch_batches(
         batch_size=cfg.batch_size,
-        collate_fn=Collate(cfg.max_text_len, cfg.paraphrase_prob, seed=cfg.seed * 1000 + epoch),
+        collate_fn=Collate(
+            cfg.max_text_len,
+            cfg.paraphrase_prob,
+            seed=cfg.seed * 1000 + epoch,
+            caption_mix=cfg.caption_mix if cfg.stage == "sft" else None,
+            query_encoder=query_encoder,
+        ),
         drop_last=True,
         local_shuffle_buffer_size=max(4 * cfg.batch_size, 64),
         local_shuffle_seed=cfg.seed * 1000 + epoch,

@@ -44,6 +44,8 @@ class JointEmbedding(nn.Module):
         # checkpoints (set train_query_embeddings for query training).
         if not train_query_embeddings:
             self.predictor.llama.embed_tokens.requires_grad_(False)
+            if self.predictor.query_adapter is not None:
+                self.predictor.query_adapter.requires_grad_(False)
         # `y_lr_mult == 0` freezes the Y-encoder outright: no gradient is computed for it and it
         # is in no optimizer group (the targets are then the pretrained text space + its head's
         # initialisation, as in the paper's frozen-Y-encoder ablation).
@@ -65,9 +67,15 @@ class JointEmbedding(nn.Module):
         x_tokens: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        query_ids: torch.Tensor | None = None,
+        query_mask: torch.Tensor | None = None,
+        query_states: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
-        """(predicted, target, logit scale); either tower may be skipped by passing None."""
-        pred = self.predictor(x_tokens) if x_tokens is not None else None
+        """(predicted, target, logit scale); either tower may be skipped by passing None. The
+        query, if any, comes as ids or as a query encoder's states (`Predictor.forward`)."""
+        pred = None
+        if x_tokens is not None:
+            pred = self.predictor(x_tokens, query_ids, query_mask, query_states)
         target = self.y_encoder(input_ids, attention_mask) if input_ids is not None else None
         return pred, target, self.scale()
 

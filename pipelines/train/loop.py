@@ -33,6 +33,9 @@ from pipelines.train.distributed import all_reduce_mean, broadcast_object, gathe
 log = logging.getLogger(__name__)
 
 
+QUERY_KEYS = ("query_ids", "query_mask", "query_states")
+
+
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Linear warmup, then constant or cosine down to min_lr_ratio."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
@@ -55,7 +58,8 @@ def train_step(model, optimizer, micro_batches, cfg: TrainConfig, device, loss_f
         x = batch["x_tokens"].to(device, non_blocking=True)
         ids = batch["input_ids"].to(device, non_blocking=True)
         mask = batch["attention_mask"].to(device, non_blocking=True)
-        pred, target, scale = model(x, ids, mask)
+        query = {k: batch[k].to(device) for k in QUERY_KEYS if k in batch}
+        pred, target, scale = model(x, ids, mask, **query)
         all_pred, offset = gather_rows(pred)
         all_target, _ = gather_rows(target)
         keys = all_keys = None
@@ -202,6 +206,42 @@ def validate_tokens(model, val: dict, cfg: TrainConfig, device) -> dict:
     }
 
 
+@torch.no_grad()
+def validate_vqa(model, val: dict, questions: list[dict], cfg: TrainConfig, device, qenc) -> dict:
+    """Discriminative VQA on the val split's questions: the candidate nearest to the predicted
+    embedding of (clip, question). Accuracy overall and per question type (held-out phrasings
+    when the corpus follows the paraphrase split rule). Every rank runs it (FSDP)."""
+    from pipelines.train.data import query_inputs
+
+    if not questions or len(val["x_tokens"]) == 0:
+        return {}
+    row = {c: i for i, c in enumerate(val["clip_ids"])}
+    questions = [q for q in questions if q["clip_id"] in row]
+    cands = sorted({c for q in questions for c in q["candidates"]})
+    model.eval()
+    try:
+        enc = model.y_encoder.tokenize(cands, max_length=cfg.max_text_len)
+        _, cand, _ = model(
+            input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)
+        )
+        cand = torch.nn.functional.normalize(cand.float(), dim=-1).cpu()
+        preds = []
+        for i in range(0, len(questions), 64):
+            part = questions[i : i + 64]
+            x = torch.as_tensor(np.stack([val["x_tokens"][row[q["clip_id"]]] for q in part]))
+            query = query_inputs([q["query_ids"] for q in part], qenc)
+            pred, _, _ = model(x_tokens=x.to(device), **{k: v.to(device) for k, v in query.items()})
+            preds.append(torch.nn.functional.normalize(pred.float(), dim=-1).cpu())
+    finally:
+        model.train()
+    from jepa.metrics import vqa_hits
+
+    hits = vqa_hits(torch.cat(preds), cand, cands, questions)
+    out = {f"val/vqa_{t}": float(np.mean(h)) for t, h in sorted(hits.items())}
+    out["val/vqa_acc"] = float(np.mean([x for h in hits.values() for x in h]))
+    return out
+
+
 def _rk(k) -> str:
     s = str(k).lower().replace("@", "")
     return s if s.startswith("r") else f"r{s}"
@@ -238,8 +278,15 @@ def train_func(config: dict) -> None:
         model = TokenVLM.from_config(model_cfg).to(device)
         sharded: tuple[str, ...] = ("llama",)
     else:
-        model = JointEmbedding(model_cfg).to(device)
+        sft = cfg.stage == "sft"
+        model = JointEmbedding(model_cfg, train_query_embeddings=sft).to(device)
         sharded = ("predictor", "y_encoder")
+    if cfg.init:  # before sharding; a resumed checkpoint below overrides it
+        from pipelines.train.init import load_init
+
+        load_init(cfg.init, model, cfg.tracking_uri)
+    qenc = model_cfg.predictor.query_encoder if cfg.stage == "sft" else None
+    val_questions = config.get("val_questions") or []
     loss_fn = get_loss(cfg.loss)
     mesh = build_mesh(cfg.gpus)
     apply_fsdp(model, mesh, sharded_children=sharded, bf16=cfg.gpus and cfg.mixed_precision)
@@ -315,7 +362,7 @@ def train_func(config: dict) -> None:
     while step < cfg.steps:
         micro: list = []
         step_at_epoch_start = step
-        for batch in iter_train_batches(train_shard, cfg, epoch):
+        for batch in iter_train_batches(train_shard, cfg, epoch, qenc):
             micro.append(batch)
             if len(micro) < cfg.grad_accum:
                 continue
@@ -370,6 +417,8 @@ def train_func(config: dict) -> None:
                     vm = validate_tokens(model, val, cfg, device)
                 else:
                     vm = validate(model, val, cfg, device, tokenize_labels)
+                    if cfg.stage == "sft":
+                        vm.update(validate_vqa(model, val, val_questions, cfg, device, qenc))
                 sim = vm.pop("_sim", None)
                 last_metrics.update(vm)
                 if logger and vm:
@@ -395,6 +444,7 @@ def train_func(config: dict) -> None:
                         "resume_source": resume.source,
                         "elapsed_s": time.perf_counter() - t0,
                         "objective": cfg.objective,
+                        "stage": cfg.stage,
                         **(
                             {"logits_shape": list(out["logits_shape"])}
                             if "logits_shape" in out

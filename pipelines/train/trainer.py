@@ -78,7 +78,13 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     from pipelines.train import tracking
 
     features = feats.load(cfg.data)
-    model_cfg = cfg.build_model_config(features)
+    init_cfg = None
+    if cfg.init:
+        from pipelines.train import init as init_weights
+
+        init_cfg = init_weights.saved_config(cfg.init, cfg.tracking_uri)
+    model_cfg = cfg.build_model_config(features, init_cfg)
+    val_questions = _val_questions(cfg, model_cfg) if cfg.stage == "sft" else []
     counts = feats.split_counts(features)
     n_train, per_step = counts.get(cfg.train_split, 0), cfg.global_batch
     if n_train < per_step:
@@ -104,6 +110,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
             "vljepa.job": "train",
             "vljepa.preset": cfg.preset,
             "vljepa.objective": cfg.objective,
+            "vljepa.stage": cfg.stage,
             "mlflow.runName": name,
         },
     )
@@ -112,13 +119,16 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     from pipelines.connect import connect
 
     connect(cfg.address)
-    train_ds, val_ds = tdata.load_splits(cfg.data, cfg.train_split, cfg.val_split)
+    train_ds, val_ds = tdata.load_splits(
+        cfg.data, cfg.train_split, cfg.val_split, questions=cfg.stage == "sft"
+    )
     trainer = TorchTrainer(
         _train_func,
         train_loop_config={
             "train": cfg.model_dump(),
             "model": model_cfg.to_dict(),
             "mlflow_run_id": run_id,
+            "val_questions": val_questions,
         },
         torch_config=TorchConfig(backend="nccl" if cfg.gpus else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus),
@@ -163,7 +173,13 @@ def run_training(cfg: TrainConfig) -> TrainResult:
             cfg.tracking_uri,
             run_id,
             cfg.register_name,
-            tags={"preset": cfg.preset, "step": str(state["step"]), "objective": cfg.objective},
+            tags={
+                "preset": cfg.preset,
+                "step": str(state["step"]),
+                "objective": cfg.objective,
+                "stage": cfg.stage,
+                "trained_with_queries": str(model.config.trained_with_queries).lower(),
+            },
         )
         version = str(mv.version)
     if cfg.objective == "tokens":
@@ -186,6 +202,8 @@ def run_training(cfg: TrainConfig) -> TrainResult:
                 "embedding std",
             ),
         ]
+    if cfg.stage == "sft":
+        plots.append((["val/vqa_acc"], "plots/vqa.png", "VQA accuracy (val questions)"))
     for keys, path, title in plots:
         tracking.plot_curves(cfg.tracking_uri, run_id, keys, path, title)
     client.log_text(run_id, json.dumps(state, indent=2), "train_state.json")
@@ -200,6 +218,20 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         train_state=state,
         storage_dir=storage.join(cfg.storage, name),
     )
+
+
+# Validation questions travel in the train loop's config (every rank scores the same ones).
+MAX_VAL_QUESTIONS = 2000
+
+
+def _val_questions(cfg: TrainConfig, model_cfg) -> list[dict]:
+    """The val split's questions for in-training VQA accuracy; refuses features without any."""
+    from pipelines import features as feats
+
+    feats.check_query_tokenizer(cfg.data, model_cfg.predictor)
+    t = feats.read_questions(cfg.data, cfg.val_split).slice(0, MAX_VAL_QUESTIONS)
+    cols = ("clip_id", "type", "query_ids", "answer", "candidates")
+    return t.select(list(cols)).to_pylist()
 
 
 def _train_func(config: dict) -> None:
