@@ -7,7 +7,7 @@ misspelt field is a 422 naming it, not a silently ignored option.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -39,6 +39,31 @@ class ClassifyRequest(ClipSource):
     top_k: int | None = Field(None, ge=1)
 
 
+class VQARequest(ClipSource):
+    """Discriminative VQA: the question is the predictor's query (a stage-2 model only).
+
+    With `candidates` the answer is the candidate nearest the predicted embedding; without,
+    the Y-decoder writes it. Candidate limits (count, blank, duplicates) are the app's and are
+    checked by the route, each a 422 with a reason."""
+
+    question: str = Field(
+        min_length=1, description="the question about the clip (the predictor's query)"
+    )
+    candidates: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="candidate answers, ranked by cosine with the predicted embedding; none: "
+        "the answer is decoded (Y-decoder) from it",
+    )
+
+    @field_validator("question")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("question must not be empty or whitespace")
+        return v
+
+
 class StreamClipRequest(ClipSource):
     seq: int | None = Field(
         None, ge=0, description="index of this clip in the stream (ordering + idempotent retries)"
@@ -67,6 +92,21 @@ class LabelScore(BaseModel):
 
 class ClassifyResponse(BaseModel):
     labels: list[LabelScore]
+
+
+class CandidateScore(BaseModel):
+    candidate: str
+    score: float
+
+
+class VQAResponse(BaseModel):
+    answer: str = Field(description="the best candidate, or the decoded text without candidates")
+    scores: list[CandidateScore] = Field(
+        description="every candidate with its cosine score, best first; empty when decoded"
+    )
+    decoded: bool = Field(description="true: no candidates were given, the Y-decoder answered")
+    question: str
+    duration_s: float
 
 
 class StreamEvent(BaseModel):

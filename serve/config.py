@@ -50,8 +50,13 @@ class AppArgs(BaseModel):
         "token and false, they need it like the API)",
     )
     min_clip_frames: int = Field(2, ge=1, description="shorter clips are rejected (422)")
-    max_labels: int = Field(256, ge=1)
-    max_query_chars: int = Field(2000, ge=1)
+    max_labels: int = Field(256, ge=1, description="most labels one /v1/classify takes (422)")
+    max_candidates: int = Field(
+        256, ge=1, description="most candidate answers one /v1/vqa takes (422)"
+    )
+    max_query_chars: int = Field(
+        2000, ge=1, description="longest query, question, label or candidate (422)"
+    )
     max_new_tokens: int = Field(24, ge=1, le=256)
     detector: DetectorConfig | None = Field(
         None,

@@ -498,40 +498,61 @@ class Ingress:
     def _model_name(self) -> str:
         return self.args.model_uri or f"preset {self.args.model_preset} (untrained)"
 
-    async def _check_query(self, query: str | None) -> None:
+    async def _check_query(self, query: str | None, field: str = "query") -> None:
         """422 for a query the model cannot use: until a stage-2 run trains the predictor with
-        queries, a query only mixes untrained token embeddings into the answer."""
+        queries, a query only mixes untrained token embeddings into the answer. `field`: where
+        the request carried it (/v1/vqa's `question` cannot be left out: such a model cannot
+        answer questions at all)."""
         if query and not (await self._model()).get("trained_with_queries"):
-            raise ApiError(
-                422,
-                "query not supported",
+            why = (
                 f"model {self._model_name()} was not trained with queries "
-                "(trained_with_queries is false in its config); send the request without `query`",
+                "(trained_with_queries is false in its config)"
             )
+            if field == "query":
+                why += "; send the request without `query`"
+            else:
+                why += (
+                    f": a stage-1 model never saw a {field}, so it cannot answer one; "
+                    "serve a stage-2 (SFT) model"
+                )
+            raise ApiError(422, "query not supported", why)
 
     def _auth(self, request: Request) -> None:
         check_bearer(request.headers.get("authorization"), self.token)
 
-    async def _read(self, request: Request, model: type[BaseModel]) -> tuple[Any, bytes]:
-        """The validated request and the clip bytes, from JSON, multipart or a URI."""
+    async def _read(
+        self, request: Request, model: type[BaseModel], query_field: str = "query"
+    ) -> tuple[Any, bytes]:
+        """The validated request and the clip bytes, from JSON, multipart or a URI.
+        `query_field`: the request's field that is the predictor's query (length-checked and
+        refused by a model not trained with queries before the clip is read)."""
         self._auth(request)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         data: bytes | None = None
         if ctype == "multipart/form-data":
+            lists = max(self.args.max_labels, self.args.max_candidates)
             try:
-                form = await request.form(max_files=1, max_fields=self.args.max_labels + 8)
+                form = await request.form(max_files=1, max_fields=lists + 8)
             except ApiError:
                 raise
             except Exception as e:
-                raise ApiError(400, "bad multipart body", str(e)[:200]) from e
+                msg = str(getattr(e, "detail", "") or e)
+                if "too many fields" in msg.lower():
+                    raise ApiError(
+                        422,
+                        "too many fields",
+                        f"a multipart body takes at most {lists + 8} fields (labels at most "
+                        f"{self.args.max_labels}, candidates at most {self.args.max_candidates})",
+                    ) from e
+                raise ApiError(400, "bad multipart body", msg[:200]) from e
             fields: dict[str, Any] = {}
             for k, v in form.multi_items():
                 if k == "clip":
                     if not hasattr(v, "read"):
                         raise ApiError(422, "invalid request", "clip must be a file upload")
                     data = await v.read()
-                elif k == "labels":
-                    fields.setdefault("labels", []).append(v)
+                elif k in ("labels", "candidates"):  # repeated fields make the list
+                    fields.setdefault(k, []).append(v)
                 else:
                     fields[k] = v
             if data is not None:
@@ -559,10 +580,12 @@ class Ingress:
                     raise ApiError(400, "bad base64", str(e)[:200]) from e
         else:
             raise ApiError(415, "unsupported content type", ctype)
-        query = getattr(req, "query", None)
+        query = getattr(req, query_field, None)
         if query is not None and len(query) > self.args.max_query_chars:
-            raise ApiError(422, "query too long", f"over {self.args.max_query_chars} characters")
-        await self._check_query(query)
+            raise ApiError(
+                422, f"{query_field} too long", f"over {self.args.max_query_chars} characters"
+            )
+        await self._check_query(query, query_field)
         if getattr(req, "uri", None):
             data = await asyncio.to_thread(
                 read_uri, req.uri, self.args.allowed_uri_prefixes, self.args.max_request_bytes
@@ -699,6 +722,77 @@ class Ingress:
         return api.ClassifyResponse(
             labels=[api.LabelScore(label=labels[i], score=float(scores[i])) for i in order]
         )
+
+    @app.post(
+        "/v1/vqa",
+        response_model=api.VQAResponse,
+        responses=api.ERRORS,
+        openapi_extra=api.clip_body_openapi(
+            api.VQARequest,
+            {
+                "question": {"type": "string"},
+                "candidates": {"type": "array", "items": {"type": "string"}},
+            },
+        ),
+    )
+    async def vqa(self, request: Request):
+        """Discriminative visual question answering. The question is the predictor's query, so
+        a model not trained with queries (stage 1) answers 422 `query not supported`.
+
+        With `candidates` (multipart: repeated `candidates` fields) the Encoder's prediction
+        for (clip, question) is compared with each candidate's TextEncoder embedding, as
+        /v1/classify does with labels: `answer` is the nearest, `scores` all of them by cosine,
+        best first. Without, the Decoder writes the answer from the prediction (`decoded`).
+        Candidates are stripped; an empty one, more than `max_candidates`, one over
+        `max_query_chars` or duplicates (after stripping: rejected, not merged, so every
+        candidate sent has exactly one score) are each a 422."""
+        req, data = await self._read(request, api.VQARequest, query_field="question")
+        question = req.question
+        if req.candidates is None:
+            out = await self._embed(data, question)
+            text = await self._caption(out["embedding"])
+            return api.VQAResponse(
+                answer=text,
+                scores=[],
+                decoded=True,
+                question=question,
+                duration_s=out["duration_s"],
+            )
+        candidates = self._check_candidates(req.candidates)
+        out, cand_emb = await asyncio.gather(
+            self._embed(data, question),
+            self._retrying("text encoder", lambda: self.text_encoder.encode.remote(candidates)),
+        )
+        scores = np.asarray(cand_emb, np.float32) @ np.asarray(out["embedding"], np.float32)
+        order = np.argsort(-scores, kind="stable")
+        return api.VQAResponse(
+            answer=candidates[int(order[0])],
+            scores=[
+                api.CandidateScore(candidate=candidates[i], score=float(scores[i])) for i in order
+            ],
+            decoded=False,
+            question=question,
+            duration_s=out["duration_s"],
+        )
+
+    def _check_candidates(self, given: list[str]) -> list[str]:
+        """/v1/vqa's candidates, stripped, or a 422 naming what is wrong."""
+        limit = self.args.max_candidates
+        if len(given) > limit:
+            raise ApiError(
+                422, "too many candidates", f"{len(given)} candidates; max_candidates is {limit}"
+            )
+        candidates = [s.strip() for s in given]
+        if any(not s for s in candidates):
+            raise ApiError(422, "invalid candidate", "candidates must not be empty or whitespace")
+        if any(len(s) > self.args.max_query_chars for s in candidates):
+            raise ApiError(
+                422, "invalid candidate", f"a candidate is over {self.args.max_query_chars} chars"
+            )
+        dups = sorted({s for s in candidates if candidates.count(s) > 1})
+        if dups:
+            raise ApiError(422, "duplicate candidates", dups[:10])
+        return candidates
 
     @app.post(
         "/v1/streams/{stream_id}/clips",
