@@ -9,25 +9,20 @@ together with a small real tokenizer of that family (bos/eos/pad as Llama and Ge
 and passes the folder where a hub name would go. The folders stand in for the hub only by path:
 every line that runs after that (`jepa.pretrained`, `XEncoder.from_config`, `build_llama`,
 `build_text_backbone`, `vljepa embed`, `vljepa train`, `VLJEPA.save_pretrained` /
-`from_pretrained`, the Serve app) is the one a hub name goes through.
+`from_pretrained`, the Serve app) is the one a hub name goes through. The CLI run on these folders
+(embed, train, export, Serve) is tests/test_fresh_folder.py's.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-from tests.helpers import cli_json
-from tests.services import free_port
 
 # Tiny stand-ins, shaped unlike the tiny preset's own modules so that a field left at the
 # preset's value (instead of read from the folder) fails.
@@ -50,7 +45,7 @@ GEMMA_HIDDEN = 64
 LLAMA_SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>", "<unk>")
 GEMMA_SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>")  # ids 0..3, as in Gemma's vocabulary
 
-# Text for the unit tests' tokenizers (the slow test adds the corpus's captions).
+# Text for the unit tests' tokenizers (tests/test_fresh_folder.py adds its corpus's captions).
 SAMPLE_TEXT = [
     "a red ball moves to the left",
     "the blue ball grows",
@@ -348,132 +343,8 @@ def test_saved_model_carries_its_tokenizers(folders, tmp_path):
 
 
 # ----------------------------------------------------------------------------- acceptance
-
-
-@pytest.mark.slow
-def test_embed_train_serve_from_folders(cli, ray_session, mlflow_server, tmp_path):
-    """`vljepa embed --x-encoder DIR --y-encoder DIR`, `vljepa train --predictor DIR
-    --predictor-layers 2 --y-encoder DIR` (3 steps), the export loaded back, and the Serve app
-    answering POST /v1/embed over HTTP with that model."""
-    import httpx
-    import pyarrow.parquet as pq
-
-    corpus, features = tmp_path / "corpus", tmp_path / "features"
-    out = cli("synth", "--out", corpus, "--clips", "40", "--streams", "1", timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    rows = [json.loads(x) for x in (corpus / "manifest.jsonl").read_text().splitlines() if x]
-    texts = [r["caption"] for r in rows] + [p for r in rows for p in r.get("paraphrases") or []]
-    f = write_folders(tmp_path / "hub", texts)
-
-    out = cli(
-        "embed",
-        "--manifest", corpus / "manifest.jsonl",
-        "--out", features,
-        "--x-encoder", f.vjepa,
-        "--y-encoder", f.gemma,
-        "--concurrency", "1",
-        "--no-progress",
-        timeout=600,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    data = sorted((features / "data").glob("*.parquet"))
-    schema = pq.read_schema(data[0])
-    meta = {k.decode(): v.decode() for k, v in schema.metadata.items()}
-    x_meta, y_meta = json.loads(meta["vljepa.x_encoder"]), json.loads(meta["vljepa.y_encoder"])
-    assert x_meta["name_or_path"] == f.vjepa and x_meta["hidden_size"] == 96
-    assert y_meta["name_or_path"] == f.gemma and y_meta["arch"]["model_type"] == "gemma3_text"
-    assert schema.field("x_tokens").type.shape == [128, 96]
-    assert schema.field("y_embedding").type.shape == [GEMMA_HIDDEN]
-    n_rows = sum(pq.read_metadata(p).num_rows for p in data)
-    assert n_rows == len(rows)
-
-    export = tmp_path / "export"
-    out = cli(
-        "train",
-        "--data", features,
-        "--predictor", f.llama,
-        "--predictor-layers", str(LLAMA_KEEP),
-        "--y-encoder", f.gemma,
-        "--steps", "3",
-        "--workers", "1",
-        "--batch-size", "8",
-        "--log-every", "1",
-        "--val-every", "100",
-        "--checkpoint-every", "100",
-        "--storage", tmp_path / "runs",
-        "--tracking-uri", mlflow_server.url,
-        "--experiment", "vljepa-pretrained-by-path",
-        "--register-name", "",
-        "--export-dir", export,
-        timeout=900,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-4000:]
-    assert cli_json(out.stdout)["step"] == 3
-
-    from jepa.model import VLJEPA
-
-    model = VLJEPA.from_pretrained(export)
-    assert type(model.x_encoder.vjepa).__name__ == "VJEPA2Model"
-    assert model.config.x_encoder.name_or_path == f.vjepa
-    assert type(model.predictor.llama).__name__ == "LlamaModel"
-    assert len(model.predictor.llama.layers) == LLAMA_KEEP
-    assert model.config.predictor.keep_last_layers == LLAMA_KEEP
-    assert type(model.y_encoder.backbone).__name__ == "Gemma3TextModel"
-    assert model.y_encoder.backbone.config.use_bidirectional_attention is True
-    for part in ("predictor", "y_encoder"):
-        assert (export / f"{part}_tokenizer" / "tokenizer.json").is_file(), part
-    # The weights came from the folders: the X-encoder and the predictor's token table are
-    # frozen (equal); the Y-encoder trained 3 steps at lr x 0.05 (close, not equal).
-    xw, lw, gw = (saved_weights(d) for d in (f.vjepa, f.llama, f.gemma))
-    key = "encoder.layer.0.attention.query.weight"
-    assert torch.equal(model.x_encoder.vjepa.state_dict()[key], xw[key])
-    assert torch.equal(model.predictor.llama.embed_tokens.weight, lw["model.embed_tokens.weight"])
-    trained = model.y_encoder.backbone.state_dict()["layers.0.self_attn.q_proj.weight"]
-    torch.testing.assert_close(trained, gw["layers.0.self_attn.q_proj.weight"], atol=2e-3, rtol=0)
-
-    port = free_port()
-    try:
-        out = cli(
-            "serve", "--model", export, "--no-block", "--port", str(port), "--host", "127.0.0.1",
-            timeout=600,
-        )  # fmt: skip
-        assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-3000:])
-        clip = (corpus / rows[0]["video"]).read_bytes()
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as c:
-            _wait_ready(c)
-            r = c.post("/v1/embed", json={"clip_b64": base64.b64encode(clip).decode()})
-        assert r.status_code == 200, r.text
-        body = r.json()
-        emb = np.asarray(body["embedding"], np.float32)
-        assert body["dim"] == emb.shape[0] == model.config.shared_dim
-        assert abs(float(np.linalg.norm(emb)) - 1) < 1e-4
-    finally:
-        _stop_serve()
-
-
-def _wait_ready(c, timeout_s: float = 120) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if c.get("/readyz").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError("the Serve app never became ready")
-
-
-def _stop_serve() -> None:
-    """Delete the app `vljepa serve --no-block` left on the session cluster."""
-    from ray import serve
-
-    from serve import config as sc
-    from serve.streams import drop_store, store_name
-
-    try:
-        serve.delete(sc.APP_NAME)
-    finally:
-        serve.shutdown()
-        drop_store(store_name(sc.APP_NAME, ""))
+# `vljepa embed --x-encoder DIR --y-encoder DIR`, `vljepa train --predictor DIR
+# --predictor-layers 2 --y-encoder DIR` (3 steps), the export loaded back and the Serve app
+# answering POST /v1/embed with that model: tests/test_fresh_folder.py, whose fresh-folder run
+# (synth, embed, train, serve with no MLflow settings) uses these folders, so one embed/train/serve
+# chain serves both (it uses `write_folders` and `saved_weights` from here).
