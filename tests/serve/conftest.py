@@ -5,6 +5,7 @@ package's last test so later tests get the CPUs back."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -104,3 +105,16 @@ def _wait_ready(c: httpx.Client, timeout_s: float = 60) -> None:
             pass
         time.sleep(0.5)
     raise AssertionError("the app never became ready")
+
+
+@contextlib.contextmanager
+def serving(name: str, args: dict, tracking_uri: str | None = None, ready_timeout_s: float = 60):
+    """A side app (`_app.deploy_side`) for the block: an httpx client on its route once /readyz
+    answers, the app (and its stream store) removed after."""
+    side = _app.deploy_side(name, args, tracking_uri=tracking_uri)
+    try:
+        with httpx.Client(base_url=side.base, timeout=120) as c:
+            _wait_ready(c, timeout_s=ready_timeout_s)
+            yield c
+    finally:
+        _app.remove_side(side)

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from tests.serve import _app
-from tests.serve.conftest import _wait_ready
+from tests.serve.conftest import serving
 
 APP = "vljepa-vqa"
 STAGE1 = "vljepa-vqa-stage1"
@@ -55,26 +55,16 @@ def _save_model(directory, trained_with_queries: bool) -> str:
 @pytest.fixture(scope="module")
 def vqa(ray_session, tmp_path_factory):
     model_dir = _save_model(tmp_path_factory.mktemp("vqa-model"), trained_with_queries=True)
-    side = _app.deploy_side(APP, {"model_uri": model_dir})
-    try:
-        with httpx.Client(base_url=side.base, timeout=60) as c:
-            _wait_ready(c)
-            yield c
-    finally:
-        _app.remove_side(side)
+    with serving(APP, {"model_uri": model_dir}) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
 def stage1(vqa, tmp_path_factory):
     """Deployed after `vqa` (so both share one Serve) and only for the test that needs it."""
     model_dir = _save_model(tmp_path_factory.mktemp("vqa-stage1"), trained_with_queries=False)
-    side = _app.deploy_side(STAGE1, {"model_uri": model_dir})
-    try:
-        with httpx.Client(base_url=side.base, timeout=60) as c:
-            _wait_ready(c)
-            yield c
-    finally:
-        _app.remove_side(side)
+    with serving(STAGE1, {"model_uri": model_dir}) as c:
+        yield c
 
 
 def _ok(r: httpx.Response) -> dict:
