@@ -54,9 +54,18 @@ def load_text_model(name_or_path: str):
     import torch
     from transformers import AutoModel
 
+    from transformers.utils import logging as hf_logging
+
     path = resolve(name_or_path)
     _offline_if_local(path)
-    return AutoModel.from_pretrained(path, dtype=torch.float32)
+    # No per-tensor "Loading weights" bar on stderr: a command's output is its own lines.
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return AutoModel.from_pretrained(path, dtype=torch.float32)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def load_text_config(name_or_path: str):
