@@ -53,7 +53,6 @@ def load_text_model(name_or_path: str):
     whatever dtype the checkpoint was saved in (it is trained further)."""
     import torch
     from transformers import AutoModel
-
     from transformers.utils import logging as hf_logging
 
     path = resolve(name_or_path)

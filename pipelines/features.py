@@ -83,14 +83,19 @@ class IncompatibleFeatures(ValueError):
 def data_files(root: str) -> list[str]:
     """The Parquet files of a features root (OUT/data/*.parquet, no hidden or temp files)."""
     base = storage.join(root, "data")
-    files = [
+    files = _parquet_files(base)
+    if not files:
+        raise FileNotFoundError(f"no Parquet files under {base} (run `vljepa embed` first)")
+    return files
+
+
+def _parquet_files(base: str) -> list[str]:
+    """The Parquet files directly under `base`, sorted, without hidden or temp files."""
+    return sorted(
         f
         for f in storage.list_files(base)
         if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith((".", "_"))
-    ]
-    if not files:
-        raise FileNotFoundError(f"no Parquet files under {base} (run `vljepa embed` first)")
-    return sorted(files)
+    )
 
 
 def file_metadata(path: str) -> tuple[dict[str, str], tuple[int, ...] | None]:
@@ -245,18 +250,6 @@ def check_model_x_encoder(features: Features, model_x: XEncoderConfig, model: st
 # questions about a clip cost N x (text + ids), not N x x_tokens (~16 MiB a clip at paper scale).
 QUESTIONS_DIR = "questions"
 KEY_QUERY_TOKENIZER = "query_tokenizer"  # whose tokenizer made query_ids (the predictor's)
-QUESTION_COLUMNS = (
-    "clip_id",
-    "qid",
-    "type",
-    "question",
-    "query_ids",
-    "answer",
-    "answer_ids",
-    "candidates",
-    "template",
-    "split",
-)
 
 
 def questions_schema(metadata: dict[str, str]) -> pa.Schema:
@@ -279,12 +272,7 @@ def questions_schema(metadata: dict[str, str]) -> pa.Schema:
 
 def questions_files(root: str) -> list[str]:
     """The Parquet files of a features root's questions table ([] when it has none)."""
-    base = storage.join(root, QUESTIONS_DIR)
-    return sorted(
-        f
-        for f in storage.list_files(base)
-        if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith((".", "_"))
-    )
+    return _parquet_files(storage.join(root, QUESTIONS_DIR))
 
 
 def read_questions(root: str, split: str | None = None) -> pa.Table:

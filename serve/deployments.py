@@ -713,12 +713,8 @@ class Ingress:
             raise ApiError(422, "too many labels", f"{len(labels)} > {self.args.max_labels}")
         if any(not s or len(s) > self.args.max_query_chars for s in labels):
             raise ApiError(422, "invalid label", "labels must be non-empty and not too long")
-        out, label_emb = await asyncio.gather(
-            self._embed(data, req.query),
-            self._retrying("text encoder", lambda: self.text_encoder.encode.remote(labels)),
-        )
-        scores = np.asarray(label_emb, dtype=np.float32) @ np.asarray(out["embedding"], np.float32)
-        order = np.argsort(-scores, kind="stable")[: req.top_k or len(labels)]
+        _, scores, order = await self._ranked(data, req.query, labels)
+        order = order[: req.top_k or len(labels)]
         return api.ClassifyResponse(
             labels=[api.LabelScore(label=labels[i], score=float(scores[i])) for i in order]
         )
@@ -759,12 +755,7 @@ class Ingress:
                 duration_s=out["duration_s"],
             )
         candidates = self._check_candidates(req.candidates)
-        out, cand_emb = await asyncio.gather(
-            self._embed(data, question),
-            self._retrying("text encoder", lambda: self.text_encoder.encode.remote(candidates)),
-        )
-        scores = np.asarray(cand_emb, np.float32) @ np.asarray(out["embedding"], np.float32)
-        order = np.argsort(-scores, kind="stable")
+        out, scores, order = await self._ranked(data, question, candidates)
         return api.VQAResponse(
             answer=candidates[int(order[0])],
             scores=[
@@ -774,6 +765,16 @@ class Ingress:
             question=question,
             duration_s=out["duration_s"],
         )
+
+    async def _ranked(self, data: bytes, query: str | None, texts: list[str]):
+        """(the clip's prediction, each text's cosine to it, the texts' order best first): the
+        clip embedded with `query` while the TextEncoder embeds the texts (classify, vqa)."""
+        out, text_emb = await asyncio.gather(
+            self._embed(data, query),
+            self._retrying("text encoder", lambda: self.text_encoder.encode.remote(texts)),
+        )
+        scores = np.asarray(text_emb, dtype=np.float32) @ np.asarray(out["embedding"], np.float32)
+        return out, scores, np.argsort(-scores, kind="stable")
 
     def _check_candidates(self, given: list[str]) -> list[str]:
         """/v1/vqa's candidates, stripped, or a 422 naming what is wrong."""

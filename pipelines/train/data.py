@@ -25,8 +25,6 @@ log = logging.getLogger(__name__)
 
 TRAIN_COLUMNS = ["x_tokens", "caption_ids", "paraphrase_ids"]
 VAL_COLUMNS = ["clip_id", "x_tokens", "caption_ids", "caption", "label"]
-# Stage 2: each train clip carries its questions' ids (joined by clip_id, never copied per question)
-QUESTION_COLUMNS = ["q_query_ids", "q_answer_ids"]
 
 
 class AttachQuestions:

@@ -15,8 +15,6 @@ import os
 
 import torch
 
-from pipelines import storage
-
 log = logging.getLogger(__name__)
 
 
@@ -68,11 +66,3 @@ def load_init(uri: str, model: torch.nn.Module, tracking_uri: str | None) -> str
         model.log_scale.copy_(saved_model.logit_scale.reshape(model.log_scale.shape))
     log.info("init: weights from the saved model %s", uri)
     return "model"
-
-
-def exists(uri: str) -> bool:
-    """Cheap check on the driver before a run opens (models:/ and runs:/ are checked by
-    resolving them, which downloads)."""
-    if uri.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
-        return True
-    return storage.exists(uri) or os.path.isdir(uri)
