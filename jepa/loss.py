@@ -27,6 +27,8 @@ def info_nce(
     offset: int = 0,
     keys: torch.Tensor | None = None,
     all_keys: torch.Tensor | None = None,
+    groups: torch.Tensor | None = None,
+    all_groups: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric InfoNCE; returns (loss, pred->target logits B x M).
 
@@ -41,6 +43,12 @@ def info_nce(
     corpus where several clips share one caption would otherwise teach the model to push a
     clip away from its own caption. Such columns are masked out of both softmaxes (the returned
     logits keep them, for diagnostics).
+
+    `groups` (B,) / `all_groups` (M,) are optional integer ids of the kind of row (stage 2: a
+    caption row or a question row). A row's negatives are the columns of its own group only, so
+    a batch that mixes kinds is the sum of one InfoNCE per kind: a question's one-word answer is
+    never contrasted with another clip's caption, which says the same thing in a sentence ("moves
+    left" against "the red ball moves left") and would push the answer away from its own meaning.
     """
     b = pred.shape[0]
     p = F.normalize(pred.float(), dim=-1)
@@ -53,8 +61,15 @@ def info_nce(
     labels = torch.arange(b, device=p.device) + offset
     logits_p2t = scale * p @ at.T
     logits_t2p = scale * t @ ap.T
+    mask = None
     if keys is not None:
         mask = false_negative_mask(keys, keys if all_keys is None else all_keys, labels)
+    if groups is not None:
+        other = groups.to(p.device).reshape(-1, 1) != (
+            groups if all_groups is None else all_groups
+        ).to(p.device).reshape(1, -1)
+        mask = other if mask is None else mask | other
+    if mask is not None:
         lp, lt = (
             logits_p2t.masked_fill(mask, float("-inf")),
             logits_t2p.masked_fill(mask, float("-inf")),
@@ -75,11 +90,13 @@ def cosine_regression(
     offset: int = 0,
     keys: torch.Tensor | None = None,
     all_keys: torch.Tensor | None = None,
+    groups: torch.Tensor | None = None,
+    all_groups: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (1 - cos(pred_i, target_i)) over the batch; returns (loss, pred->target logits B x M).
 
     Same signature as `info_nce` so the trainer can swap it in: only the positive pairs enter the
-    loss (no negatives, hence no uniformity term); the gathered tensors, `keys` and
+    loss (no negatives, hence no uniformity term); the gathered tensors, `keys`, `groups` and
     `logit_scale` only shape the diagnostic logits, computed as `info_nce` computes them.
     """
     p = F.normalize(pred.float(), dim=-1)
@@ -98,6 +115,8 @@ def l2_regression(
     offset: int = 0,
     keys: torch.Tensor | None = None,
     all_keys: torch.Tensor | None = None,
+    groups: torch.Tensor | None = None,
+    all_groups: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean squared Euclidean distance |p_i - t_i|^2 between the L2-normalised embeddings;
     returns (loss, pred->target logits B x M) like `cosine_regression`.

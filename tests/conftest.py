@@ -654,10 +654,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     for name in ("ray_cluster", "kubeconfig", "mlflow_server", "mlflow_server_s3", "s3"):
         if name in wanted:
             _launch(name)
+    demo_fixture.prestart(
+        session.items, _get_session_dir(), lambda: _launch("mlflow_server").result().url
+    )
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:  # noqa: ARG001
     """Stop whatever is still running (fixtures stop their own; this catches -x and failed starts)."""
+    demo_fixture.shutdown()
     for fut in list(_futures.values()):
         # A start still in progress must finish before it can be stopped.
         with contextlib.suppress(Exception):

@@ -1,7 +1,8 @@
 """One small `vljepa demo` per pytest session, shared by tests/test_demo.py and test_browser.py.
 
-The demo runs as a real `vljepa demo` subprocess on the session's Ray cluster, tracking into the
-session's MLflow server, with sizes small enough for the suite's budget. It keeps serving after
+The demo runs as a real `vljepa demo` subprocess on its own local Ray (the README's first command
+starts one; the session's cluster is not its to hold: tests/serve restart Serve on it), tracking
+into the session's MLflow server, with sizes small enough for the suite's budget. It keeps serving after
 its stream (`--serve-seconds`), so the browser test can open the live Serve app's /docs and the
 demo test can query the live stream state; the session's end (or `stop()`) sends SIGTERM, which
 the demo treats like Ctrl-C: it tears its Serve app down and exits 0.
@@ -14,8 +15,10 @@ would double the suite's longest wait, so one test, marked `stops_demo`, stops t
 No test may depend on file order for that: `group_demo_items` (called from tests/conftest.py at
 collection) runs every test that uses the demo as one contiguous group, where the first of them
 was collected, with the `stops_demo` tests last. So the browser test gets a live demo whether
-its file comes before or after tests/test_demo.py, and tests outside the group that restart
-Serve on the shared cluster (tests/serve) never run while the demo holds it.
+its file comes before or after tests/test_demo.py.
+
+It starts at collection (`prestart`, called from tests/conftest.py) when a selected test uses it,
+so its minutes of synth/embed/train/serve overlap the tests that run before its group.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +75,8 @@ class DemoRun:
     lines: list[str] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     returncode: int | None = None
+    ready: threading.Event = field(default_factory=threading.Event)  # serving, or exited
+    started: float = field(default_factory=time.monotonic)
     _reader: threading.Thread | None = None
 
     @property
@@ -97,9 +104,11 @@ class DemoRun:
 
 _RUN: DemoRun | None = None
 _FAILED: str | None = None
+_PRESTARTED: Future | None = None  # the demo launched at collection (prestart)
 
 
-def _start(root: Path, tracking_uri: str) -> DemoRun:
+def _launch(root: Path, tracking_uri: str) -> DemoRun:
+    """Start `vljepa demo` and its stdout reader; `_wait` waits for it to serve."""
     port = free_port()
     out = root / "demo"
     script = Path(sys.executable).parent / "vljepa"
@@ -112,6 +121,9 @@ def _start(root: Path, tracking_uri: str) -> DemoRun:
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
+    # The README's first command: its own local Ray, not the session's cluster (whose Serve the
+    # tests in tests/serve restart while the demo serves).
+    env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -122,7 +134,6 @@ def _start(root: Path, tracking_uri: str) -> DemoRun:
         start_new_session=True,  # our SIGTERM goes to the demo, not to pytest's terminal group
     )
     run = DemoRun(out=out, port=port, tracking_uri=tracking_uri, proc=proc)
-    ready = threading.Event()
 
     def read() -> None:
         assert proc.stdout is not None
@@ -130,23 +141,47 @@ def _start(root: Path, tracking_uri: str) -> DemoRun:
             line = line.rstrip("\n")
             run.lines.append(line)
             if READY_LINE in line:
-                ready.set()
-        ready.set()  # the process ended
+                run.ready.set()
+        run.ready.set()  # the process ended
 
     run._reader = threading.Thread(target=read, daemon=True, name="demo-stdout")
     run._reader.start()
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not ready.wait(timeout=1):
-        if time.monotonic() > deadline:
+    return run
+
+
+def _wait(run: DemoRun) -> DemoRun:
+    """Block until the demo serves (its stream done), or fail with its last lines."""
+    while not run.ready.wait(timeout=1):
+        if time.monotonic() > run.started + START_TIMEOUT_S:
             run.stop(timeout_s=60)
             raise AssertionError(
                 f"the demo did not finish its stream in {START_TIMEOUT_S}s:\n{_tail(run)}"
             )
-    if proc.poll() is not None:
-        run.returncode = proc.returncode
-        raise AssertionError(f"the demo exited {proc.returncode} early:\n{_tail(run)}")
-    run.summary = json.loads((out / "demo_summary.json").read_text())
+    if run.proc.poll() is not None:
+        run.returncode = run.proc.returncode
+        raise AssertionError(f"the demo exited {run.proc.returncode} early:\n{_tail(run)}")
+    run.summary = json.loads((run.out / "demo_summary.json").read_text())
     return run
+
+
+def prestart(items: list[pytest.Item], root: Path, tracking_uri: Callable[[], str]) -> None:
+    """At collection: if a selected test uses the demo, launch it now, in the background.
+
+    The demo needs minutes of its own before its first test can look at it; started with the
+    session, it runs beside the tests that come before its group instead of in front of them.
+    `tracking_uri` blocks until the session's MLflow server is up.
+    """
+    global _PRESTARTED
+    if _PRESTARTED is None and any(FIXTURE in getattr(i, "fixturenames", ()) for i in items):
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="demo")
+        _PRESTARTED = pool.submit(lambda: _launch(root, tracking_uri()))
+        pool.shutdown(wait=False)
+
+
+def shutdown() -> None:
+    """At session end: stop a demo launched early whose fixture never ran (e.g. after -x)."""
+    if _PRESTARTED is not None and _PRESTARTED.done() and _PRESTARTED.exception() is None:
+        _PRESTARTED.result().stop(timeout_s=60)
 
 
 def _tail(run: DemoRun, n: int = 80) -> str:
@@ -154,14 +189,15 @@ def _tail(run: DemoRun, n: int = 80) -> str:
 
 
 @pytest.fixture(scope="session")
-def demo_run(ray_cluster, mlflow_server, session_dir) -> DemoRun:
+def demo_run(mlflow_server, session_dir) -> DemoRun:
     """A finished small demo that is still serving (see the module docstring)."""
     global _RUN, _FAILED
     if _FAILED:
         pytest.fail(f"the shared demo run failed earlier: {_FAILED}")
     if _RUN is None:
         try:
-            _RUN = _start(Path(session_dir), mlflow_server.url)
+            launched = _PRESTARTED.result() if _PRESTARTED is not None else None
+            _RUN = _wait(launched or _launch(Path(session_dir), mlflow_server.url))
         except AssertionError as e:
             _FAILED = str(e).splitlines()[0]
             raise

@@ -17,7 +17,10 @@ import pytest
 from tests.trained_models import REGISTER_NAME, EmbeddedCorpus, TrainedModel
 
 STAGE2_NAME = "vljepa-test-sft"
-STAGE2_STEPS = int(os.environ.get("VLJEPA_TEST_SFT_STEPS", "160"))
+# Question rows balanced by type (the default): 240 steps of 48 rows reach >= 0.9 on every
+# type's held-out paraphrases in single-process runs on the same features (issue 13).
+STAGE2_STEPS = int(os.environ.get("VLJEPA_TEST_SFT_STEPS", "240"))
+STAGE2_BATCH = 24  # per worker
 
 
 @dataclass
@@ -47,7 +50,7 @@ def stage2_model(
         preset=embedded_corpus.preset,
         workers=2,
         steps=STAGE2_STEPS,
-        batch_size=16,
+        batch_size=STAGE2_BATCH,
         warmup_steps=10,
         log_every=10,
         val_every=half,

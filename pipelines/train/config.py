@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from jepa.config import PRESETS
 from pipelines import tracking_store
 
+# How a stage-2 row picks its question (pipelines.train.data.Collate says what each means).
+QuestionSampling = Literal["balanced", "uniform"]
+
 # Training defaults per preset, where they differ from the tiny presets' (METHOD.md, stage 1: a
 # constant 5e-5; the small presets learn in minutes at 1e-3 with a cosine decay).
 PRESET_TRAINING: dict[str, dict[str, object]] = {
@@ -61,6 +64,12 @@ class TrainConfig(BaseModel):
         le=1.0,
         description="sft: share of rows that train on their caption (stage-1 data) instead of "
         "one of the clip's questions",
+    )
+    question_sampling: QuestionSampling = Field(
+        "balanced",
+        description="sft: 'balanced' (one row per question, each type's questions repeated up "
+        "to the commonest type's count, so a type few clips are asked is seen as often) or "
+        "'uniform' (one row per clip, one of its questions at random: the corpus's own mix)",
     )
     # model: the preset gives the predictor and Y-encoder; the X-encoder (and its sampling)
     # always comes from the features' metadata

@@ -66,6 +66,10 @@ def train_step(model, optimizer, micro_batches, cfg: TrainConfig, device, loss_f
         if cfg.mask_duplicate_captions and "caption_key" in batch:
             keys = batch["caption_key"].to(device)
             all_keys, _ = gather_rows(keys)
+        groups = all_groups = None
+        if "query_mask" in batch:  # stage 2: caption rows and question rows, one InfoNCE each
+            groups = batch["query_mask"].to(device).any(dim=1).long()
+            all_groups, _ = gather_rows(groups)
         loss, logits = loss_fn(
             pred,
             target,
@@ -75,6 +79,8 @@ def train_step(model, optimizer, micro_batches, cfg: TrainConfig, device, loss_f
             offset=offset,
             keys=keys,
             all_keys=all_keys,
+            groups=groups,
+            all_groups=all_groups,
         )
         (loss / len(micro_batches)).backward()
         losses.append(float(loss.detach()))

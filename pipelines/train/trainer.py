@@ -120,7 +120,11 @@ def run_training(cfg: TrainConfig) -> TrainResult:
 
     connect(cfg.address)
     train_ds, val_ds = tdata.load_splits(
-        cfg.data, cfg.train_split, cfg.val_split, questions=cfg.stage == "sft"
+        cfg.data,
+        cfg.train_split,
+        cfg.val_split,
+        questions=cfg.stage == "sft",
+        question_sampling=cfg.question_sampling,
     )
     trainer = TorchTrainer(
         _train_func,

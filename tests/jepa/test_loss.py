@@ -132,3 +132,40 @@ def test_duplicate_mask_uses_gathered_keys_and_offset():
     )
     # The two ranks' local losses average to the loss over the whole gathered batch.
     assert torch.allclose((loss + other) / 2, full, atol=1e-6)
+
+
+def test_groups_make_one_infonce_per_kind_of_row():
+    """Stage 2's caption rows and question rows: each row's negatives are its own kind only, so
+    the loss is the row-weighted mean of the two groups' own InfoNCE, on one rank or gathered."""
+    g = torch.Generator().manual_seed(7)
+    pred, target = torch.randn(7, 8, generator=g), torch.randn(7, 8, generator=g)
+    groups = torch.tensor([0, 1, 1, 0, 1, 1, 1])
+    mixed, _ = info_nce(pred, target, 3.0, groups=groups)
+    per_group = [
+        info_nce(pred[groups == k], target[groups == k], 3.0)[0] * int((groups == k).sum())
+        for k in (0, 1)
+    ]
+    assert torch.allclose(mixed, sum(per_group) / 7, atol=1e-6)
+    assert not torch.allclose(mixed, info_nce(pred, target, 3.0)[0])
+    # Gathered: rank 1's rows 4..6 against every rank's columns, same groups.
+    ranked, _ = info_nce(
+        pred[4:],
+        target[4:],
+        3.0,
+        all_target=target,
+        all_pred=pred,
+        offset=4,
+        groups=groups[4:],
+        all_groups=groups,
+    )
+    first, _ = info_nce(
+        pred[:4],
+        target[:4],
+        3.0,
+        all_target=target,
+        all_pred=pred,
+        offset=0,
+        groups=groups[:4],
+        all_groups=groups,
+    )
+    assert torch.allclose((4 * first + 3 * ranked) / 7, mixed, atol=1e-6)

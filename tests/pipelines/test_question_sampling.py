@@ -1,0 +1,80 @@
+"""Stage 2's training rows: with "balanced" sampling a question type few clips are asked is as
+common among the rows as a type every clip is asked, and each row reads ITS question's clip."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.train.data import AttachQuestions, BalancedQuestionRows, Collate, balanced_repeats
+
+N = 12  # clips; clip 0 alone is also asked the rare type
+
+
+def _clips() -> pa.Table:
+    return pa.table(
+        {
+            "clip_id": [f"c{c}" for c in range(N)],
+            "x_tokens": pa.FixedShapeTensorArray.from_numpy_ndarray(
+                np.stack([np.full((4, 3), c, np.float32) for c in range(N)])
+            ),
+            "caption_ids": [[100 + c] for c in range(N)],
+            "paraphrase_ids": pa.array([[] for _ in range(N)], pa.list_(pa.list_(pa.int64()))),
+        }
+    )
+
+
+def _questions() -> dict[str, tuple[list, list, list]]:
+    """Every clip: one 'common' question (answer 5); clip 0 also a 'rare' one (answer 7). The
+    query ids name their clip (1000 + c)."""
+    out = {}
+    for c in range(N):
+        kinds = ["common", "rare"] if c == 0 else ["common"]
+        out[f"c{c}"] = (
+            [[1000 + c, k] for k in range(len(kinds))],
+            [[7] if kind == "rare" else [5] for kind in kinds],
+            kinds,
+        )
+    return out
+
+
+def _rows(fn) -> list[tuple[int, int, int]]:
+    """(clip of the tokens, clip the query names, answer) per row, through the collate."""
+    table = fn(_clips())
+    batch = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+    batch["x_tokens"] = table.column("x_tokens").combine_chunks().to_numpy_ndarray()
+    out = Collate(caption_mix=0.0, seed=1)(batch)
+    rows = []
+    for i in range(table.num_rows):
+        query = out["query_ids"][i][out["query_mask"][i].bool()].tolist()
+        answer = out["input_ids"][i][out["attention_mask"][i].bool()].tolist()
+        rows.append((int(out["x_tokens"][i, 0, 0]), query[0] - 1000, answer[0]))
+    return rows
+
+
+def test_balanced_rows_make_a_rare_type_as_common_as_a_common_one() -> None:
+    counts = collections.Counter(k for _, _, kinds in _questions().values() for k in kinds)
+    repeats = balanced_repeats(counts)
+    assert repeats == {"common": 1, "rare": N}
+    rows = _rows(BalancedQuestionRows(_questions(), repeats))
+    answers = collections.Counter(a for _, _, a in rows)
+    assert answers == {5: N, 7: N}, answers
+    assert all(tokens == named for tokens, named, _ in rows), "a row must read its question's clip"
+
+
+def test_uniform_rows_follow_the_corpus_mix() -> None:
+    rows = _rows(AttachQuestions(_questions()))
+    assert len(rows) == N and sorted(t for t, _, _ in rows) == list(range(N))
+    assert sum(a == 7 for _, _, a in rows) <= 1  # only clip 0 can be asked the rare type
+    assert all(tokens == named for tokens, named, _ in rows)
+
+
+def test_repeats_round_to_the_commonest_count() -> None:
+    assert balanced_repeats({"a": 640, "b": 64, "c": 32, "d": 384}) == {
+        "a": 1,
+        "b": 10,
+        "c": 20,
+        "d": 2,
+    }
