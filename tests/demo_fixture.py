@@ -2,10 +2,10 @@
 
 The demo runs as a real `vljepa demo` subprocess on its own local Ray (the README's first command
 starts one; the session's cluster is not its to hold: tests/serve restart Serve on it), tracking
-into the session's MLflow server, with sizes small enough for the suite's budget. It keeps serving after
-its stream (`--serve-seconds`), so the browser test can open the live Serve app's /docs and the
-demo test can query the live stream state; the session's end (or `stop()`) sends SIGTERM, which
-the demo treats like Ctrl-C: it tears its Serve app down and exits 0.
+into the session's MLflow server, with sizes small enough for the suite's budget. It keeps
+serving after its stream (`--serve-seconds`), so the browser test can open the live Serve app's
+/docs and the demo test can query the live stream state; the session's end (or `stop()`) sends
+SIGTERM, which the demo treats like Ctrl-C: it tears its Serve app down and exits 0.
 
 Both modules import `demo_run`; the run itself is a module-level singleton, so however many
 modules register the fixture, the demo runs once.

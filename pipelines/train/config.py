@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from jepa.config import PRESETS
 from pipelines import tracking_store
 
-# How a stage-2 row picks its question (pipelines.train.data.Collate says what each means).
+# How stage-2 rows get their questions (pipelines.train.data.load_splits says what each means).
 QuestionSampling = Literal["balanced", "uniform"]
 
 # Training defaults per preset, where they differ from the tiny presets' (METHOD.md, stage 1: a

@@ -37,18 +37,23 @@ class AttachQuestions:
         self.by_clip = by_clip
 
     def __call__(self, batch):
-        import pyarrow as pa
-
         ids = batch.column("clip_id").to_pylist()
         empty: tuple[list, list, list] = ([], [], [])
         q = [self.by_clip.get(c, empty)[0] for c in ids]
         a = [self.by_clip.get(c, empty)[1] for c in ids]
-        t = pa.list_(pa.list_(pa.int32()))
-        return (
-            batch.append_column("q_query_ids", pa.array(q, t))
-            .append_column("q_answer_ids", pa.array(a, t))
-            .drop_columns(["clip_id"])
-        )
+        return _with_questions(batch, q, a)
+
+
+def _with_questions(batch, queries: list, answers: list):
+    """The clip batch with its rows' question lists as the two columns the collate reads."""
+    import pyarrow as pa
+
+    t = pa.list_(pa.list_(pa.int32()))
+    return (
+        batch.append_column("q_query_ids", pa.array(queries, t))
+        .append_column("q_answer_ids", pa.array(answers, t))
+        .drop_columns(["clip_id"])
+    )
 
 
 class BalancedQuestionRows:
@@ -58,8 +63,9 @@ class BalancedQuestionRows:
 
     Why: with one row per clip, a type asked of few clips is seldom seen. Colour changes are 4
     of the synthetic corpus's 26 classes, so "what colour was it first?" was ~5% of the rows and
-    stayed at chance after 160 steps, on training clips too; balanced, it reaches 0.9 on held-out
-    paraphrases. The clip's tokens are repeated in the stream (never in the stored features).
+    stayed at chance after 160 steps, on training clips too; balanced, it reached 1.0 held-out in
+    every stage-2 test run so far. The clip's tokens are repeated in the stream (never in the
+    stored features).
     """
 
     def __init__(self, by_clip: dict[str, tuple[list, list, list]], repeats: dict[str, int]):
@@ -76,13 +82,7 @@ class BalancedQuestionRows:
                     take.append(i)
                     queries.append([q])
                     answers.append([a])
-        t = pa.list_(pa.list_(pa.int32()))
-        return (
-            batch.take(pa.array(take, pa.int64()))
-            .append_column("q_query_ids", pa.array(queries, t))
-            .append_column("q_answer_ids", pa.array(answers, t))
-            .drop_columns(["clip_id"])
-        )
+        return _with_questions(batch.take(pa.array(take, pa.int64())), queries, answers)
 
 
 def balanced_repeats(counts: dict[str, int]) -> dict[str, int]:
