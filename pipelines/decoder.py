@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import shutil
 import tempfile
 
 import pyarrow.parquet as pq
@@ -33,7 +34,9 @@ class DecoderConfig(BaseModel):
     batch_size: int = Field(32, ge=1)
     paraphrases: bool = True
     seed: int = 0
-    out: str | None = Field(None, description="where save_pretrained writes (default: a temp dir)")
+    out: str | None = Field(
+        None, description="where save_pretrained also writes (default: only the MLflow copy)"
+    )
     tracking_uri: str = Field(
         default_factory=tracking_store.resolve,
         description="MLflow store (default: MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)",
@@ -115,9 +118,13 @@ def run_decoder_training(cfg: DecoderConfig) -> dict:
             f"{t}\t->\t{g}" for t, g in list(zip(texts, generated, strict=True))[:50]
         )
         client.log_text(run_id, samples, "decoder_samples.tsv")
-        out = cfg.out or os.path.join(tempfile.mkdtemp(prefix="vljepa-decoder-"), "model")
+        scratch = None if cfg.out else tempfile.mkdtemp(prefix="vljepa-decoder-")
+        out = cfg.out or os.path.join(scratch, "model")
         model.save_pretrained(out)
         tracking.log_model_dir(cfg.tracking_uri, run_id, out, "model")
+        if scratch:  # no --out: the MLflow copy is the model
+            shutil.rmtree(scratch, ignore_errors=True)
+            out = f"runs:/{run_id}/model"
         version = None
         if cfg.register_name:
             version = str(

@@ -1,11 +1,10 @@
 """One way to get a VLJEPA into a replica from any model reference.
 
-`models:/name/version`, `runs:/RUN_ID/path`, `s3://...` and `mlflow-artifacts:/...` go through
-MLflow's `download_artifacts` into a local directory first (so a replica needs the tracking URI,
-never S3 keys when the server proxies artifacts; with none given, `pipelines.tracking_store`
-resolves it, from the MLFLOW_TRACKING_URI `vljepa serve` puts in every replica's env); a local
-directory is used as it is. An empty
-URI builds the named preset untrained, from fixed seeds, so every replica of every deployment
+`models:/name/version`, `runs:/RUN_ID/path`, `s3://...` and `mlflow-artifacts:/...` are downloaded
+into the model cache first (`pipelines.model_cache`: once per model, shared by the replicas of a
+node). A replica needs the tracking URI, never S3 keys when the server proxies artifacts; with
+none given, `pipelines.tracking_store` resolves it, from the MLFLOW_TRACKING_URI `vljepa serve`
+puts in every replica's env. A local directory is used as it is. An empty URI builds the named preset untrained, from fixed seeds, so every replica of every deployment
 holds the same weights and classify/caption stay consistent across replicas.
 """
 
@@ -13,20 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 
 log = logging.getLogger(__name__)
-
-_MLFLOW_SCHEMES = (
-    "models:/",
-    "runs:/",
-    "s3://",
-    "mlflow-artifacts:/",
-    "gs://",
-    "http://",
-    "https://",
-)
 
 
 def _is_model_dir(path: str) -> bool:
@@ -58,25 +46,22 @@ def find_model_dir(root: str) -> str:
     return best[1]
 
 
-def local_model_dir(uri: str, tracking_uri: str = "", cache_dir: str | None = None) -> str:
-    """A local directory holding the model that `uri` names (downloading it if needed)."""
+def local_model_dir(uri: str, tracking_uri: str = "") -> str:
+    """A local directory holding the model that `uri` names (downloaded into the model cache,
+    `pipelines.model_cache`, unless an earlier load already put it there)."""
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
     if os.path.isdir(uri):
         return find_model_dir(uri)
-    if not uri.startswith(_MLFLOW_SCHEMES):
-        raise FileNotFoundError(f"model URI {uri!r} is neither a directory nor an MLflow/S3 URI")
-    from pipelines import mlflow_uri, tracking_store
+    from pipelines import model_cache, tracking_store
 
+    if not model_cache.is_remote(uri):
+        raise FileNotFoundError(f"model URI {uri!r} is neither a directory nor an MLflow/S3 URI")
     # Never MLflow's own default (a ./mlflow.db in whatever folder the replica runs in): an
     # empty URI is the store `vljepa serve` resolved, which reaches replicas in their env.
     tracking_uri = tracking_uri or tracking_store.resolve(None)
-    dst = tempfile.mkdtemp(prefix="vljepa-model-", dir=cache_dir)
-    t0 = time.monotonic()
     # the store is passed explicitly: no process-global MLflow URI is read or changed
-    path = mlflow_uri.download(uri, tracking_uri, dst)
-    log.info("downloaded %s to %s in %.1fs", uri, path, time.monotonic() - t0)
-    return find_model_dir(path)
+    return find_model_dir(model_cache.local_copy(uri, tracking_uri))
 
 
 def load_model(

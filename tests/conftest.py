@@ -621,6 +621,9 @@ def cli_module(
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", demo_fixture.STOPS_DEMO_MARKER)
+    # Models loaded by URI are cached (pipelines/model_cache.py): the session's own cache, set
+    # before any service or subprocess starts so that all of them share it, removed at the end.
+    os.environ["VLJEPA_CACHE"] = str(_get_session_dir() / "model-cache")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

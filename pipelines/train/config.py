@@ -141,7 +141,9 @@ class TrainConfig(BaseModel):
     experiment: str = Field("vljepa", description="MLflow experiment")
     register_name: str | None = Field("vljepa", description="Model Registry name; '' skips")
     export_dir: str | None = Field(
-        None, description="where save_pretrained writes (default: run dir)"
+        None,
+        description="where save_pretrained writes (default: model/ in the run's folder; with "
+        "S3 storage, only the MLflow copy is kept)",
     )
     address: str | None = Field(None, description="Ray address; None starts/joins a local one")
     # testing only: one worker dies once at the end of this step, at a checkpoint step right

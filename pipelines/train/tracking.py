@@ -9,8 +9,6 @@ writing into the run it belongs to instead of opening a new one. Other ranks nev
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 
 import numpy as np
 
@@ -161,19 +159,8 @@ def register(tracking_uri: str, run_id: str, name: str, artifact_path: str = "mo
 
 
 def resolve_model(uri: str, tracking_uri: str | None = None) -> str:
-    """A local directory for DIR | runs:/<id>/<path> | models:/<name>/<version|alias>."""
-    if uri.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
-        from pipelines import mlflow_uri
+    """A local directory for DIR | s3://DIR | runs:/<id>/<path> | models:/<name>/<version|alias>
+    (downloads land in the model cache, `pipelines.model_cache`, once per model)."""
+    from pipelines import model_cache
 
-        return mlflow_uri.download(uri, tracking_uri, tempfile.mkdtemp(prefix="vljepa-model-"))
-    from pipelines import storage
-
-    if storage.is_s3(uri):
-        dst = tempfile.mkdtemp(prefix="vljepa-model-")
-        for f in storage.list_files(uri, recursive=True):
-            rel = f[len(uri.rstrip("/")) + 1 :]
-            os.makedirs(os.path.dirname(os.path.join(dst, rel)) or dst, exist_ok=True)
-            with open(os.path.join(dst, rel), "wb") as out:
-                out.write(storage.read_bytes(f))
-        return dst
-    return uri
+    return model_cache.local_copy(uri, tracking_uri)

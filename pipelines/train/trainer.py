@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 
@@ -160,7 +161,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     log.info("last checkpoint: %s (%s)", ckpt_uri, last.reason)
     client.set_tag(run_id, "vljepa.checkpoint", ckpt_uri)
 
-    export_dir = cfg.export_dir or os.path.join(tempfile.mkdtemp(prefix="vljepa-export-"), "model")
+    export_dir, scratch = _export_target(cfg, name)
     with ckpt.as_checkpoint(ckpt_uri).as_directory() as d:
         state = ckpt.read_state(d)
         if cfg.objective == "tokens":
@@ -171,6 +172,9 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         client.log_dict(run_id, model.config.detector.model_dump(), "detector.json")
         client.log_metric(run_id, "detector/threshold", model.config.detector.threshold)
     tracking.log_model_dir(cfg.tracking_uri, run_id, export_dir, "model")
+    if scratch:  # the run's storage is remote: its MLflow copy is the one that stays
+        shutil.rmtree(scratch, ignore_errors=True)
+        export_dir = f"runs:/{run_id}/model"
     version = None
     if cfg.register_name:
         mv = tracking.register(
@@ -222,6 +226,20 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         train_state=state,
         storage_dir=storage.join(cfg.storage, name),
     )
+
+
+def _export_target(cfg: TrainConfig, name: str) -> tuple[str, str | None]:
+    """(where the export is written, a scratch folder to delete once MLflow has it, or None).
+
+    `--export-dir`, else `model/` in the run's folder beside its checkpoints, so every run's
+    export stays with the run. Storage on S3 cannot take `save_pretrained` directly: the export
+    goes to a scratch folder that is removed after it is logged (the MLflow copy is the model)."""
+    if cfg.export_dir:
+        return cfg.export_dir, None
+    if not storage.is_s3(cfg.storage):
+        return os.path.join(storage.filesystem(storage.join(cfg.storage, name))[1], "model"), None
+    scratch = tempfile.mkdtemp(prefix="vljepa-export-")
+    return os.path.join(scratch, "model"), scratch
 
 
 # Validation questions travel in the train loop's config (every rank scores the same ones).

@@ -36,6 +36,8 @@ def test_decoder_is_trained_saved_with_the_model_and_registered(decoded_model, t
     assert model.y_decoder is not None
     text = model.y_decoder.generate(model.embed_text(["the lamp turns off"]))[0]
     assert "lamp" in text
+    # no --out: the MLflow copy is the model (nothing left behind in a temp folder)
+    assert decoded_model["model_dir"] == f"runs:/{decoded_model['run_id']}/model"
 
 
 def test_eval_retrieval_captioning_and_selective_decoding(

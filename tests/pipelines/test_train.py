@@ -53,6 +53,9 @@ def test_train_learns_tracked_and_registered(trained_model, embedded_corpus):
         assert p[k] == str(getattr(cfg, k)), k
     assert json.loads(p["model.config"])["shared_dim"] == 256
     assert p["vljepa.config_hash"] == p["model.hash"]
+    # the export stays with the run, beside its checkpoints
+    assert res.export_dir == os.path.join(res.storage_dir, "model")
+    assert os.path.exists(os.path.join(res.export_dir, "model.safetensors"))
 
     # metric history: the loss is logged every log_every steps and goes down
     loss = client.get_metric_history(res.run_id, "train/loss")
@@ -192,6 +195,8 @@ def test_worker_killed_resumes_from_checkpoint_on_s3(
     assert any(k.endswith(f"{res.run_id}/artifacts/model/model.safetensors") for k in stored), (
         stored
     )
+    # S3 storage takes no save_pretrained: the MLflow copy is the export (no temp folder kept)
+    assert res.export_dir == f"runs:/{res.run_id}/model"
 
 
 def test_manual_resume_reshards_to_one_worker(cli, embedded_corpus, trained_model, tmp_path):

@@ -271,13 +271,14 @@ def test_replica_without_tracking_uri_reads_the_resolved_store(tmp_path: Path, m
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    d = local_model_dir("models:/m/1", "", cache_dir=str(tmp_path))
+    monkeypatch.setenv("VLJEPA_CACHE", str(tmp_path / "cache"))
+    d = local_model_dir("models:/m/1", "")
     assert os.path.exists(os.path.join(d, "config.json"))
     assert list(elsewhere.iterdir()) == []  # no ./mlflow.db, no ./mlruns
     # no env var: the embedded default of the folder it runs in (./mlruns/mlflow.db), as
     # `vljepa train` registered it there; MLflow's own default would open a new ./mlflow.db
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.chdir(tmp_path / "store")
-    d = local_model_dir("models:/m/1", "", cache_dir=str(tmp_path))
+    d = local_model_dir("models:/m/1", "")
     assert os.path.exists(os.path.join(d, "config.json"))
     assert not (tmp_path / "store" / "mlflow.db").exists()
