@@ -312,6 +312,7 @@ def train_func(config: dict) -> None:
     # Ray Train keeps this run's checkpoints in <storage>/<run name>. Rank 0 decides where to
     # start and every rank follows it (they could otherwise see storage at different moments).
     run_dir = storage.join(cfg.storage, ctx.get_experiment_name())
+    ckpt.clear_stale_staging(run_dir, rank)
     resume, tag = None, ""
     if rank == 0:
         resume = ckpt.choose(ray.train.get_checkpoint(), run_dir, cfg.resume_from)

@@ -136,3 +136,21 @@ def test_a_restart_below_a_stored_folder_writes_under_fresh_names(run_dir):
     assert ckpt.mark_complete(eight, 8, {n: len(d) for n, d in files.items()}) == []
     assert ckpt.newest_complete(run_dir)[0] == ckpt.Complete(eight, 8)
     assert ckpt.choose(ckpt.as_checkpoint(eight), run_dir).source == "ray"
+
+
+def test_a_restarted_rank_removes_only_its_own_stale_staging(tmp_path, monkeypatch):
+    """A worker killed mid-save leaves its local staging folder (half a checkpoint); the rank
+    that replaces it removes it, and nothing of another rank or another run."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    run, other = "s3://bucket/runs/a", "s3://bucket/runs/b"
+    mine = tempfile.mkdtemp(prefix=f"{ckpt.staging_prefix(run, 1)}0000004-")
+    (tmp_path / mine / "__1_0.distcp").write_bytes(b"x" * 100)
+    keep = [
+        tempfile.mkdtemp(prefix=f"{ckpt.staging_prefix(run, 0)}0000004-"),
+        tempfile.mkdtemp(prefix=f"{ckpt.staging_prefix(other, 1)}0000004-"),
+    ]
+    assert ckpt.clear_stale_staging(run, 1) == [mine]
+    assert sorted(str(p) for p in tmp_path.iterdir()) == sorted(keep)
+    assert ckpt.clear_stale_staging(run, 1) == []
