@@ -67,9 +67,10 @@ class TrainConfig(BaseModel):
     )
     question_sampling: QuestionSampling = Field(
         "balanced",
-        description="sft: 'balanced' (one row per question, each type's questions repeated up "
-        "to the commonest type's count, so a type few clips are asked is seen as often) or "
-        "'uniform' (one row per clip, one of its questions at random: the corpus's own mix)",
+        description="sft: 'balanced' (one row per clip and question type, each type's rows "
+        "repeated up to the commonest type's count, so a type few clips are asked is seen as "
+        "often; the row's phrasing is drawn each time) or 'uniform' (one row per clip, one of its "
+        "questions at random: the corpus's own mix)",
     )
     # model: the preset gives the predictor and Y-encoder; the X-encoder (and its sampling)
     # always comes from the features' metadata

@@ -57,15 +57,16 @@ def _with_questions(batch, queries: list, answers: list):
 
 
 class BalancedQuestionRows:
-    """map_batches: one row per (clip, question), each question repeated `repeats[type]` times,
-    so every question type is about equally common among the rows; a row carries its one
-    question in the same list columns `AttachQuestions` fills, so the collate is the same.
+    """map_batches: one row per (clip, question type), repeated `repeats[type]` times, so every
+    type is about equally common among the rows. A row carries all of its clip's questions of
+    that type (the phrasings it was asked in, the colours named) in the list columns
+    `AttachQuestions` fills, and the collate draws one of them each time the row is read.
 
     Why: with one row per clip, a type asked of few clips is seldom seen. Colour changes are 4
     of the synthetic corpus's 26 classes, so "what colour was it first?" was ~5% of the rows and
-    stayed at chance after 160 steps, on training clips too; balanced, it reached 1.0 held-out in
-    every stage-2 test run so far. The clip's tokens are repeated in the stream (never in the
-    stored features).
+    stayed at chance after 160 steps, on training clips too. Rows per (clip, type) rather than
+    per question keep the stream as long whatever number of phrasings a corpus asks each clip in
+    (the clip's tokens are repeated in the stream, never in the stored features).
     """
 
     def __init__(self, by_clip: dict[str, tuple[list, list, list]], repeats: dict[str, int]):
@@ -77,16 +78,26 @@ class BalancedQuestionRows:
         take, queries, answers = [], [], []
         for i, clip in enumerate(batch.column("clip_id").to_pylist()):
             qs, ans, types = self.by_clip.get(clip, ([], [], []))
+            by_type: dict[str, tuple[list, list]] = {}
             for q, a, kind in zip(qs, ans, types, strict=True):
+                by_type.setdefault(kind, ([], []))
+                by_type[kind][0].append(q)
+                by_type[kind][1].append(a)
+            for kind, (type_qs, type_answers) in by_type.items():
                 for _ in range(self.repeats[kind]):
                     take.append(i)
-                    queries.append([q])
-                    answers.append([a])
+                    queries.append(type_qs)
+                    answers.append(type_answers)
         return _with_questions(batch.take(pa.array(take, pa.int64())), queries, answers)
 
 
+def type_counts(by_clip: dict[str, tuple[list, list, list]]) -> Counter:
+    """How many clips are asked each question type (the unit `BalancedQuestionRows` repeats)."""
+    return Counter(kind for _, _, kinds in by_clip.values() for kind in set(kinds))
+
+
 def balanced_repeats(counts: dict[str, int]) -> dict[str, int]:
-    """Copies per question of each type so every type has about as many rows as the commonest."""
+    """Copies of each type's rows so every type has about as many rows as the commonest."""
     most = max(counts.values())
     return {kind: max(1, round(most / n)) for kind, n in counts.items()}
 
@@ -120,7 +131,7 @@ def load_splits(
 ):
     """(train, val) materialised Ray Datasets of one features root. With `questions`, train rows
     carry questions: "uniform", every clip once with all its questions (`AttachQuestions`);
-    "balanced", one row per question, types balanced (`BalancedQuestionRows`)."""
+    "balanced", one row per (clip, question type), types balanced (`BalancedQuestionRows`)."""
     import ray.data
 
     files = data_files(root)
@@ -133,8 +144,7 @@ def load_splits(
         if not by_clip:
             raise ValueError(f"no questions with split={train_split!r} in {root}")
         if question_sampling == "balanced":
-            counts = Counter(kind for _, _, kinds in by_clip.values() for kind in kinds)
-            repeats = balanced_repeats(counts)
+            repeats = balanced_repeats(type_counts(by_clip))
             fn, kwargs = BalancedQuestionRows, {"by_clip": by_clip, "repeats": repeats}
             log.info("balanced question rows: copies per type %s", repeats)
         else:

@@ -1,5 +1,6 @@
 """Stage 2's training rows: with "balanced" sampling a question type few clips are asked is as
-common among the rows as a type every clip is asked, and each row reads ITS question's clip."""
+common among the rows as a type every clip is asked, each row reads ITS question's clip, and a
+clip asked one type in several phrasings is one row whose phrasing is drawn when it is read."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import collections
 import numpy as np
 import pyarrow as pa
 
-from pipelines.train.data import AttachQuestions, BalancedQuestionRows, Collate, balanced_repeats
+from pipelines.train.data import (
+    AttachQuestions,
+    BalancedQuestionRows,
+    Collate,
+    balanced_repeats,
+    type_counts,
+)
 
 N = 12  # clips; clip 0 alone is also asked the rare type
 
@@ -26,49 +33,61 @@ def _clips() -> pa.Table:
     )
 
 
-def _questions() -> dict[str, tuple[list, list, list]]:
-    """Every clip: one 'common' question (answer 5); clip 0 also a 'rare' one (answer 7). The
-    query ids name their clip (1000 + c)."""
+def _questions(phrasings: int = 1) -> dict[str, tuple[list, list, list]]:
+    """Every clip: one 'common' question (answer 5); clip 0 also a 'rare' one (answer 7), asked
+    in `phrasings` phrasings (query ids [1000 + clip, 10 + phrasing])."""
     out = {}
     for c in range(N):
-        kinds = ["common", "rare"] if c == 0 else ["common"]
+        asked = [("common", 0)] + ([("rare", p) for p in range(phrasings)] if c == 0 else [])
         out[f"c{c}"] = (
-            [[1000 + c, k] for k in range(len(kinds))],
-            [[7] if kind == "rare" else [5] for kind in kinds],
-            kinds,
+            [[1000 + c, 10 + p] for _, p in asked],
+            [[7] if kind == "rare" else [5] for kind, _ in asked],
+            [kind for kind, _ in asked],
         )
     return out
 
 
-def _rows(fn) -> list[tuple[int, int, int]]:
-    """(clip of the tokens, clip the query names, answer) per row, through the collate."""
+def _rows(fn, seed: int = 1) -> list[tuple[int, int, int, int]]:
+    """(clip of the tokens, clip the query names, phrasing, answer) per row, via the collate."""
     table = fn(_clips())
     batch = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
     batch["x_tokens"] = table.column("x_tokens").combine_chunks().to_numpy_ndarray()
-    out = Collate(caption_mix=0.0, seed=1)(batch)
+    out = Collate(caption_mix=0.0, seed=seed)(batch)
     rows = []
     for i in range(table.num_rows):
         query = out["query_ids"][i][out["query_mask"][i].bool()].tolist()
         answer = out["input_ids"][i][out["attention_mask"][i].bool()].tolist()
-        rows.append((int(out["x_tokens"][i, 0, 0]), query[0] - 1000, answer[0]))
+        rows.append((int(out["x_tokens"][i, 0, 0]), query[0] - 1000, query[1] - 10, answer[0]))
     return rows
 
 
 def test_balanced_rows_make_a_rare_type_as_common_as_a_common_one() -> None:
-    counts = collections.Counter(k for _, _, kinds in _questions().values() for k in kinds)
-    repeats = balanced_repeats(counts)
+    repeats = balanced_repeats(type_counts(_questions()))
     assert repeats == {"common": 1, "rare": N}
     rows = _rows(BalancedQuestionRows(_questions(), repeats))
-    answers = collections.Counter(a for _, _, a in rows)
+    answers = collections.Counter(a for *_, a in rows)
     assert answers == {5: N, 7: N}, answers
-    assert all(tokens == named for tokens, named, _ in rows), "a row must read its question's clip"
+    assert all(tokens == named for tokens, named, _, _ in rows), "a row reads its question's clip"
+
+
+def test_phrasings_of_one_type_share_a_row_and_are_drawn_when_read() -> None:
+    """Clip 0 asked the rare type in 4 phrasings: still one clip for the balance, N rows; the
+    phrasing differs from read to read, and every one of them is read."""
+    questions = _questions(phrasings=4)
+    assert type_counts(questions) == {"common": N, "rare": 1}
+    fn = BalancedQuestionRows(questions, balanced_repeats(type_counts(questions)))
+    assert fn(_clips()).num_rows == 2 * N
+    drawn = collections.Counter(
+        phrasing for seed in range(4) for _, _, phrasing, a in _rows(fn, seed) if a == 7
+    )
+    assert sum(drawn.values()) == 4 * N and set(drawn) == {0, 1, 2, 3}, drawn
 
 
 def test_uniform_rows_follow_the_corpus_mix() -> None:
     rows = _rows(AttachQuestions(_questions()))
-    assert len(rows) == N and sorted(t for t, _, _ in rows) == list(range(N))
-    assert sum(a == 7 for _, _, a in rows) <= 1  # only clip 0 can be asked the rare type
-    assert all(tokens == named for tokens, named, _ in rows)
+    assert len(rows) == N and sorted(t for t, *_ in rows) == list(range(N))
+    assert sum(a == 7 for *_, a in rows) <= 1  # only clip 0 can be asked the rare type
+    assert all(tokens == named for tokens, named, _, _ in rows)
 
 
 def test_repeats_round_to_the_commonest_count() -> None:

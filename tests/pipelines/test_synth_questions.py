@@ -84,6 +84,25 @@ def test_templates_are_word_different_and_val_asks_only_unseen_ones(corpus: Path
         assert not asked[qtype, "train"] & asked[qtype, "val"], qtype  # the text, too
 
 
+def test_every_clip_is_asked_each_type_in_every_phrasing_of_its_split(corpus: Path) -> None:
+    """A rare type is learnt from many (clip, phrasing) pairs; and no phrasing gives away a
+    has_colour answer (each template is asked with both answers)."""
+    rows = read_jsonl(corpus / "questions.jsonl")
+    asked: dict[tuple[str, str], list[int]] = defaultdict(list)
+    split = {}
+    for r in rows:
+        asked[r["clip_id"], r["type"]].append(r["template"])
+        split[r["clip_id"]] = r["split"]
+    for (clip, qtype), templates in asked.items():
+        want = TRAIN_TEMPLATES if split[clip] == "train" else VAL_TEMPLATES
+        assert sorted(templates) == sorted(want), (clip, qtype, templates)
+    answers = defaultdict(set)
+    for r in rows:
+        if r["type"] == "has_colour":
+            answers[r["split"], r["template"]].add(r["answer"])
+    assert answers and all(a == {"yes", "no"} for a in answers.values()), answers
+
+
 def test_yes_no_balanced_and_caption_unanswerable_types_present(corpus: Path) -> None:
     rows = read_jsonl(corpus / "questions.jsonl")
     assert len(CAPTION_UNANSWERABLE) >= 2 and set(CAPTION_UNANSWERABLE) <= TYPES
@@ -91,7 +110,14 @@ def test_yes_no_balanced_and_caption_unanswerable_types_present(corpus: Path) ->
     assert set(CAPTION_UNANSWERABLE) <= present
     for qtype in ("has_colour", "dark_at_end"):
         for split in ("train", "val"):
-            n = Counter(r["answer"] for r in rows if r["type"] == qtype and r["split"] == split)
+            # dark_at_end's answer is the clip's class: count clips (each asked in every
+            # phrasing); has_colour's is the colour named: count questions
+            n = Counter(
+                (r["answer"], r["clip_id"] if qtype == "dark_at_end" else r["qid"])
+                for r in rows
+                if r["type"] == qtype and r["split"] == split
+            )
+            n = Counter(answer for answer, _ in n)
             assert set(n) == {"yes", "no"}, (qtype, split, n)
             assert abs(n["yes"] - n["no"]) <= max(1, 0.2 * (n["yes"] + n["no"])), (qtype, n)
     # the same clip's caption-unanswerable questions depend on the question, not only the clip
