@@ -55,7 +55,7 @@ def local_copy(uri: str, tracking_uri: str | None = None) -> str:
     from pipelines import storage
 
     if storage.is_s3(uri):
-        source, listing = uri.rstrip("/"), _s3_listing(uri)
+        source, listing = uri.rstrip("/"), storage.file_sizes(uri)
         if not listing:
             raise FileNotFoundError(f"{uri}: no files there")
         identity = json.dumps({"s3": source, "files": listing}, sort_keys=True)
@@ -95,22 +95,6 @@ def local_copy(uri: str, tracking_uri: str | None = None) -> str:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return os.path.join(final, rel)
-
-
-def _s3_listing(uri: str) -> dict[str, int]:
-    """{path relative to the folder: size} of every file under an s3:// folder."""
-    import pyarrow.fs as pafs
-
-    from pipelines import storage
-
-    fs, root = storage.filesystem(uri)
-    root = root.rstrip("/")
-    selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
-    return {
-        info.path[len(root) + 1 :]: int(info.size)
-        for info in fs.get_file_info(selector)
-        if info.type == pafs.FileType.File
-    }
 
 
 def _download_s3(uri: str, listing: dict[str, int], dst: str) -> str:

@@ -155,6 +155,19 @@ def list_files(uri: str, suffix: str = "", recursive: bool = False) -> list[str]
     return sorted(out)
 
 
+def file_sizes(uri: str) -> dict[str, int]:
+    """{path relative to `uri`: size} of every file below it (hidden ones too: DCP's .metadata);
+    empty when nothing is there."""
+    fs, root = filesystem(uri)
+    selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
+    prefix = root.rstrip("/") + "/"
+    return {
+        info.path[len(prefix) :]: int(info.size)
+        for info in fs.get_file_info(selector)
+        if info.type == pafs.FileType.File and info.path.startswith(prefix)
+    }
+
+
 def delete(uri: str, missing_ok: bool = True) -> None:
     fs, path = filesystem(uri)
     info = fs.get_file_info(path)

@@ -150,20 +150,6 @@ def save_and_report(
         shutil.rmtree(local, ignore_errors=True)
 
 
-def _listing(uri: str) -> dict[str, int]:
-    """{path relative to `uri`: size} of every file below it (hidden ones too: DCP's .metadata)."""
-    import pyarrow.fs as pafs
-
-    fs, root = storage.filesystem(uri)
-    selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
-    prefix = root.rstrip("/") + "/"
-    return {
-        info.path[len(prefix) :]: int(info.size)
-        for info in fs.get_file_info(selector)
-        if info.type == pafs.FileType.File and info.path.startswith(prefix)
-    }
-
-
 def _mismatches(expected: dict[str, int], found: dict[str, int]) -> list[str]:
     return sorted(f for f, size in expected.items() if found.get(f) != size)
 
@@ -172,7 +158,7 @@ def mark_complete(checkpoint_uri: str, step: int, expected: dict[str, int]) -> l
     """Rank 0, after every rank's upload returned: if storage holds every `expected` file (name:
     size, what the ranks wrote), write `_COMPLETE` atomically and return []; else write nothing
     and return the files that are missing or of another size."""
-    problems = _mismatches(expected, _listing(checkpoint_uri))
+    problems = _mismatches(expected, storage.file_sizes(checkpoint_uri))
     if problems:
         log.error("checkpoint %s is incomplete, not marked: %s", checkpoint_uri, problems)
         return problems
@@ -198,7 +184,7 @@ def newest_complete(run_dir: str) -> tuple[Complete | None, list[str]]:
     Complete: `_COMPLETE` is there, names the folder's step, and every file it lists is there
     with its size (so a folder being deleted by Ray's `num_to_keep` does not pass either)."""
     by_dir: dict[str, dict[str, int]] = {}
-    for rel, size in _listing(run_dir).items():
+    for rel, size in storage.file_sizes(run_dir).items():
         parts = rel.split("/", 1)
         if len(parts) == 2 and _DIR_RE.match(parts[0]):
             by_dir.setdefault(parts[0], {})[parts[1]] = size
@@ -228,7 +214,7 @@ def newest_complete(run_dir: str) -> tuple[Complete | None, list[str]]:
 def _unmarked_problems(uri: str) -> list[str]:
     """What a checkpoint without `_COMPLETE` lacks of train_state.json, .metadata and a shard of
     each rank (the world size from train_state.json); [] when all are there."""
-    files = _listing(uri)
+    files = storage.file_sizes(uri)
     if STATE_FILE not in files:
         return [STATE_FILE]
     world = int(json.loads(storage.read_text(storage.join(uri, STATE_FILE))).get("world_size", 1))
