@@ -14,11 +14,20 @@ and in training it runs in the data path (`pipelines/train/data.py`), outside th
 from __future__ import annotations
 
 import functools
+import threading
+from collections import OrderedDict
 
 import torch
 from torch import nn
 
+from jepa.predictor import pad_queries
 from jepa.text import load_text_config, load_text_model, load_tokenizer
+
+# Token states kept per distinct query: a corpus asks a few hundred distinct questions many times
+# over (every clip in every phrasing), so most of a training batch's queries were read before.
+# ~25 KB each (16 tokens x 384 floats): the bound keeps a corpus of free-form questions under
+# ~100 MB per process.
+STATES_CACHE_SIZE = 4096
 
 
 def query_dim(name_or_path: str) -> int:
@@ -38,6 +47,10 @@ class QueryEncoder(nn.Module):
 
             self.backbone = AutoModel.from_config(load_text_config(name_or_path))
         self.backbone.eval().requires_grad_(False)
+        # The encoder is frozen, so a query's states never change: computed once per distinct
+        # query (its unpadded ids), least recently used dropped past STATES_CACHE_SIZE.
+        self._states: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
+        self._states_lock = threading.Lock()  # training collates in a prefetch thread
 
     @property
     def tokenizer(self):
@@ -62,13 +75,38 @@ class QueryEncoder(nn.Module):
 
     @torch.no_grad()
     def states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, L, dim) contextual token states, zero at pad positions."""
+        """(B, L, dim) contextual token states, zero at pad positions.
+
+        Only queries not read before go through the backbone (together, in one batch); a query's
+        states depend on its own tokens only, so a cached one is the same whatever it was batched
+        with."""
         device = next(self.backbone.parameters()).device
-        if input_ids.shape[1] == 0:
-            return torch.zeros(input_ids.shape[0], 0, self.dim, device=device)
-        mask = attention_mask.to(device)
-        out = self.backbone(input_ids=input_ids.to(device), attention_mask=mask)
-        return out.last_hidden_state.float() * mask.unsqueeze(-1).float()
+        batch, width = input_ids.shape
+        out = torch.zeros(batch, width, self.dim, device=device)
+        if width == 0:
+            return out
+        lengths = attention_mask.sum(dim=1).tolist()
+        keys = [tuple(input_ids[i, : int(n)].tolist()) for i, n in enumerate(lengths)]
+        with self._states_lock:
+            missing = list(dict.fromkeys(k for k in keys if k and k not in self._states))
+            if missing:
+                fresh = self._encode(missing, device)
+                self._states.update(zip(missing, fresh, strict=True))
+            for i, key in enumerate(keys):
+                if key:
+                    self._states.move_to_end(key)
+                    out[i, : len(key)] = self._states[key]
+            while len(self._states) > STATES_CACHE_SIZE:
+                self._states.popitem(last=False)
+        return out
+
+    def _encode(self, queries: list[tuple[int, ...]], device: torch.device) -> list[torch.Tensor]:
+        q = pad_queries(queries)
+        hidden = self.backbone(
+            input_ids=q["input_ids"].to(device), attention_mask=q["attention_mask"].to(device)
+        )
+        states = hidden.last_hidden_state.float()
+        return [states[i, : len(k)].clone() for i, k in enumerate(queries)]
 
 
 @functools.lru_cache(maxsize=2)

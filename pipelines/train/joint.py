@@ -76,8 +76,21 @@ class JointEmbedding(nn.Module):
         pred = None
         if x_tokens is not None:
             pred = self.predictor(x_tokens, query_ids, query_mask, query_states)
-        target = self.y_encoder(input_ids, attention_mask) if input_ids is not None else None
+        target = self.encode_targets(input_ids, attention_mask) if input_ids is not None else None
         return pred, target, self.scale()
+
+    def encode_targets(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The Y-encoder over each distinct target text once, spread back to the batch's rows.
+
+        A stage-2 batch asks for a handful of answers ("yes", "red", ...) many times over; the
+        rows' gradients add up on the one copy exactly as they would over identical copies, so
+        only the Y-encoder's cost changes (with dropout, duplicates share one dropout draw)."""
+        rows = torch.cat([input_ids, attention_mask], dim=1)
+        unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
+        if unique.shape[0] == rows.shape[0]:
+            return self.y_encoder(input_ids, attention_mask)
+        width = input_ids.shape[1]
+        return self.y_encoder(unique[:, :width], unique[:, width:])[inverse]
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
         """AdamW groups, the same rule as `VLJEPA.param_groups`. Built after fully_shard, so

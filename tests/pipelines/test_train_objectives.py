@@ -87,3 +87,37 @@ def test_token_objective_needs_captions_in_the_predictors_tokenizer():
     with pytest.raises(IncompatibleFeatures, match="--objective tokens") as e:
         check_caption_tokenizer(_features("minilm"), paper.predictor)
     assert "meta-llama/Llama-3.2-1B" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_each_distinct_target_is_encoded_once_with_the_same_values_and_gradients():
+    """A stage-2 batch repeats a few answers: the Y-encoder runs once per distinct target text,
+    and the targets and the Y-encoder's gradients are those of encoding every row."""
+    cfg = VLJEPAConfig.preset("tiny-text")
+    torch.manual_seed(0)
+    model = JointEmbedding(cfg, load_pretrained=False).eval()  # no dropout: exact comparison
+    g = torch.Generator().manual_seed(1)
+    answers = torch.randint(1000, 2000, (3, 5), generator=g)
+    ids = answers[[0, 1, 0, 2, 1, 0]]
+    mask = torch.ones_like(ids)
+    mask[3, 3:] = 0  # same ids, shorter text: a different target
+    seen: list[int] = []
+    model.y_encoder.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[0]))
+
+    target = model.encode_targets(ids, mask)
+    assert seen == [3]
+    weights = torch.randn(target.shape, generator=g)
+    (target * weights).sum().backward()
+    deduped = {n: p.grad for n, p in model.y_encoder.named_parameters() if p.grad is not None}
+    assert deduped
+
+    model.zero_grad(set_to_none=True)
+    every_row = model.y_encoder(ids, mask)
+    (every_row * weights).sum().backward()
+    torch.testing.assert_close(target, every_row, atol=1e-5, rtol=1e-4)
+    plain = {n: p.grad for n, p in model.y_encoder.named_parameters() if p.grad is not None}
+    assert plain.keys() == deduped.keys()
+    for name, grad in plain.items():
+        torch.testing.assert_close(deduped[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+    # A batch with no repeats takes the plain path.
+    model.encode_targets(answers, torch.ones_like(answers))
+    assert seen[-1] == 3
