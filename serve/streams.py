@@ -433,6 +433,24 @@ def drop_store(name: str, wipe: bool = True) -> bool:
             ray.get(actor.wipe.remote(), timeout=60)
     except Exception as e:  # a store that cannot answer is still killed
         log.warning("stream store %s not wiped: %s", name, type(e).__name__)
-    # The GCS frees the name before ray.kill returns: a store created next is a new one.
     ray.kill(actor, no_restart=True)
+    _wait_until_name_released(name, actor)
     return True
+
+
+def _wait_until_name_released(name: str, actor, timeout_s: float = 60.0) -> None:
+    """`ray.kill` only asks the GCS to kill: until the GCS has done so, the name still resolves
+    to the dying store, and `get_or_create_store` (get_if_exists) would hand it out to the next
+    caller, which then talks to a store that is about to vanish. Returns once the name is free
+    or names another actor; the GCS answers within milliseconds, the bound is for a GCS that
+    does not (logged, not raised: the store is killed either way)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            current = ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return
+        if current._actor_id != actor._actor_id:
+            return
+        time.sleep(0.02)  # polling the GCS for the state we wait on, not waiting out a race
+    log.warning("stream store %s: the GCS still names it %.0fs after the kill", name, timeout_s)

@@ -19,6 +19,7 @@ import time
 import uuid
 
 import numpy as np
+import pytest
 
 from tests.serve import _app
 from tests.serve._app import DETECTOR
@@ -204,6 +205,17 @@ def test_default_folder_is_the_ray_session_of_the_store(ray_session):
         ray.kill(actor)
 
 
+def _assert_name_released(name: str) -> None:
+    """Dropped means gone: the name no longer resolves to the killed store (ray.kill alone
+    returns before the GCS has freed it, and get_if_exists then handed out the dying store)."""
+    import ray
+
+    from serve.streams import NAMESPACE
+
+    with pytest.raises(ValueError):
+        ray.get_actor(name, namespace=NAMESPACE)
+
+
 def test_a_stopped_service_keeps_its_streams_unless_wiped(ray_session, tmp_path):
     """`vljepa serve` stopped (drop_store without wipe) leaves the streams in storage and the
     next store on that path goes on with them; tests and the demo wipe them."""
@@ -218,9 +230,11 @@ def test_a_stopped_service_keeps_its_streams_unless_wiped(ray_session, tmp_path)
     kept = ray.get(store.events.remote("s"))
     assert kept["clips"] == 4
     assert drop_store(name, wipe=False)
+    _assert_name_released(name)
     again = get_or_create_store(name, DET, path)
     assert ray.get(again.events.remote("s")) == kept
     assert drop_store(name)
+    _assert_name_released(name)
     assert not storage.exists(storage.join(path, name, "s", "state.json"))
     assert ray.get(get_or_create_store(name, DET, path).events.remote("s")) is None
     assert drop_store(name)
