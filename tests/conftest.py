@@ -34,6 +34,7 @@ The shared demo (tests/demo_fixture.py): its consumers run as one group, and a t
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import shutil
@@ -619,8 +620,32 @@ def cli_module(
 # --------------------------------------------------------------------------- hooks
 
 
+def _lock_pytest_log_capture() -> None:
+    """pytest's `catching_logs.__enter__` (each test phase) walks logging's logger dict without
+    logging's lock, while the services and the demo this conftest starts in background threads
+    import modules that create loggers: the walk then fails with "dictionary changed size
+    during iteration" (one clean-clone run errored so in tests/cluster/test_cli.py, the first
+    tests, while the services were starting). `logging.getLogger` adds loggers under that
+    lock, so taking it for the walk closes the race (it is re-entrant, and held for
+    microseconds)."""
+    from _pytest import logging as pytest_logging
+
+    enter = pytest_logging.catching_logs.__enter__
+    if getattr(enter, "_vljepa_locked", False):
+        return
+
+    def locked_enter(self):
+        with logging._lock:  # the lock Manager.getLogger holds while it adds a logger
+            return enter(self)
+
+    locked_enter._vljepa_locked = True  # type: ignore[attr-defined]
+    locked_enter.__wrapped__ = enter  # type: ignore[attr-defined]
+    pytest_logging.catching_logs.__enter__ = locked_enter
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", demo_fixture.STOPS_DEMO_MARKER)
+    _lock_pytest_log_capture()
     # Models loaded by URI are cached (pipelines/model_cache.py): the session's own cache, set
     # before any service or subprocess starts so that all of them share it, removed at the end.
     os.environ["VLJEPA_CACHE"] = str(_get_session_dir() / "model-cache")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -320,3 +321,58 @@ def test_mlflow_artifacts_proxied_to_s3(mlflow_server_s3, s3, tmp_path):
     assert [k for k in keys if rid in k and k.endswith("model/weights.bin")]
     got = client.download_artifacts(rid, "model/weights.bin", str(tmp_path / "dl"))
     assert Path(got).read_bytes() == weights.read_bytes()
+
+
+# --------------------------------------------------------------------------- pytest's log capture
+
+
+def _enter_while_loggers_appear(enter, seconds: float = 1.0) -> int:
+    """Enter pytest's log capture over and over while a thread creates loggers (as the services
+    starting in the background do); how many entries failed."""
+    import logging
+    import sys
+    import threading
+
+    from _pytest.logging import LogCaptureHandler, catching_logs
+
+    stop = threading.Event()
+
+    def create() -> None:  # one logger at a time, removed again: the session's dict stays as it was
+        loggers = logging.Logger.manager.loggerDict
+        while not stop.is_set():
+            name = f"vljepa-harness-{uuid.uuid4().hex}"
+            logging.getLogger(name)
+            with logging._lock:
+                del loggers[name]
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race shows at once
+    thread = threading.Thread(target=create, daemon=True)
+    thread.start()
+    failed, end = 0, time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            cap = catching_logs(LogCaptureHandler(), level=10)
+            try:
+                enter(cap)
+            except RuntimeError:
+                failed += 1
+                continue
+            cap.__exit__(None, None, None)
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
+    return failed
+
+
+def test_log_capture_is_safe_while_background_threads_create_loggers():
+    """tests/conftest.py makes pytest's per-phase log capture take logging's lock: unlocked, it
+    fails with "dictionary changed size during iteration" while a service's start-up thread
+    imports modules that create loggers (the control shows the race is real here)."""
+    from _pytest.logging import catching_logs
+
+    locked = catching_logs.__enter__
+    assert getattr(locked, "_vljepa_locked", False)
+    assert _enter_while_loggers_appear(locked.__wrapped__) > 0  # pytest's own: the race
+    assert _enter_while_loggers_appear(locked) == 0
