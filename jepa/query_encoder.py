@@ -36,7 +36,14 @@ def query_dim(name_or_path: str) -> int:
 
 
 class QueryEncoder(nn.Module):
-    def __init__(self, name_or_path: str, max_length: int = 32, *, load_pretrained: bool = True):
+    def __init__(
+        self,
+        name_or_path: str,
+        max_length: int = 32,
+        *,
+        load_pretrained: bool = True,
+        cache_size: int = STATES_CACHE_SIZE,
+    ):
         super().__init__()
         self.name_or_path = name_or_path
         self.max_length = max_length
@@ -48,9 +55,10 @@ class QueryEncoder(nn.Module):
             self.backbone = AutoModel.from_config(load_text_config(name_or_path))
         self.backbone.eval().requires_grad_(False)
         # The encoder is frozen, so a query's states never change: computed once per distinct
-        # query (its unpadded ids), least recently used dropped past STATES_CACHE_SIZE.
+        # query (its unpadded ids), least recently used dropped past `cache_size`.
         self._states: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
         self._states_lock = threading.Lock()  # training collates in a prefetch thread
+        self._cache_size = cache_size
 
     @property
     def tokenizer(self):
@@ -96,7 +104,7 @@ class QueryEncoder(nn.Module):
                 if key:
                     self._states.move_to_end(key)
                     out[i, : len(key)] = self._states[key]
-            while len(self._states) > STATES_CACHE_SIZE:
+            while len(self._states) > self._cache_size:
                 self._states.popitem(last=False)
         return out
 

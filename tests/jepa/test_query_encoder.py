@@ -12,8 +12,8 @@ from jepa.predictor import pad_queries
 QUESTIONS = ["what colour is the ball?", "is the ball red?", "which way does the orb go?"]
 
 
-def _encoder() -> qe.QueryEncoder:
-    return qe.QueryEncoder(VLJEPAConfig.preset("tiny").predictor.query_encoder)
+def _encoder(**kwargs) -> qe.QueryEncoder:
+    return qe.QueryEncoder(VLJEPAConfig.preset("tiny").predictor.query_encoder, **kwargs)
 
 
 def _rows_seen(enc: qe.QueryEncoder) -> list[int]:
@@ -51,9 +51,8 @@ def test_each_distinct_query_is_read_once_and_matches_the_backbone():
     assert seen == [2, 1]
 
 
-def test_the_cache_is_bounded_least_recently_used_first(monkeypatch):
-    monkeypatch.setattr(qe, "STATES_CACHE_SIZE", 2)
-    enc = _encoder()
+def test_the_cache_is_bounded_least_recently_used_first():
+    enc = _encoder(cache_size=2)
     ids = [enc.tokenizer(q)["input_ids"] for q in QUESTIONS]
     seen = _rows_seen(enc)
     for i in (0, 1, 0, 2):  # 1 is the least recently used when 2 arrives
