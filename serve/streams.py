@@ -438,19 +438,17 @@ def drop_store(name: str, wipe: bool = True) -> bool:
     return True
 
 
-def _wait_until_name_released(name: str, actor, timeout_s: float = 60.0) -> None:
+def _wait_until_name_released(name: str, actor) -> None:
     """`ray.kill` only asks the GCS to kill: until the GCS has done so, the name still resolves
     to the dying store, and `get_or_create_store` (get_if_exists) would hand it out to the next
-    caller, which then talks to a store that is about to vanish. Returns once the name is free
-    or names another actor; the GCS answers within milliseconds, the bound is for a GCS that
-    does not (logged, not raised: the store is killed either way)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    caller. A call on the handle fails once this process has heard of the store's death from
+    the GCS, which frees a detached actor's name as it records the death: so call until one
+    fails (a call that arrives before the kill is answered, and the next one is sent)."""
+    while True:
         try:
-            current = ray.get_actor(name, namespace=NAMESPACE)
-        except ValueError:
+            ray.get(actor.__ray_ready__.remote(), timeout=60)
+        except ray.exceptions.RayActorError:
             return
-        if current._actor_id != actor._actor_id:
+        except ray.exceptions.GetTimeoutError:
+            log.warning("stream store %s: still answering 60s after the kill", name)
             return
-        time.sleep(0.02)  # polling the GCS for the state we wait on, not waiting out a race
-    log.warning("stream store %s: the GCS still names it %.0fs after the kill", name, timeout_s)
