@@ -64,6 +64,7 @@ def stage2_model(
         tracking_uri=trained_model.tracking_uri,
         experiment="vljepa-tests",
         register_name=STAGE2_NAME,
+        question_weights={"has_colour": 2},  # the README's stage-2 flags
     )
     t0 = time.monotonic()
     result = run_training(cfg)

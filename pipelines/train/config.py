@@ -72,6 +72,12 @@ class TrainConfig(BaseModel):
         "often; the row's phrasing is drawn each time) or 'uniform' (one row per clip, one of its "
         "questions at random: the corpus's own mix)",
     )
+    question_weights: dict[str, int] = Field(
+        default_factory=dict,
+        description="sft, balanced: extra copies of a question type's rows on top of the "
+        "balance, as TYPE=N[,TYPE=N] (e.g. has_colour=2): for a type that is still underfit on "
+        "training clips when the others are learnt",
+    )
     # model: the preset gives the predictor and Y-encoder; the X-encoder (and its sampling)
     # always comes from the features' metadata
     objective: Literal["embedding", "tokens"] = Field(
@@ -153,6 +159,28 @@ class TrainConfig(BaseModel):
     fail_rank: int = 1
     fail_marker: str | None = None
 
+    @field_validator("question_weights", mode="before")
+    @classmethod
+    def _parse_weights(cls, v: object) -> object:
+        """The command line gives TYPE=N,TYPE=N; a config file or Python gives a mapping."""
+        if not isinstance(v, str):
+            return v
+        out: dict[str, str] = {}
+        for item in filter(None, (p.strip() for p in v.split(","))):
+            kind, sep, n = item.partition("=")
+            if not sep or not kind.strip():
+                raise ValueError(f"expected TYPE=N[,TYPE=N], got {item!r}")
+            out[kind.strip()] = n.strip()
+        return out
+
+    @field_validator("question_weights")
+    @classmethod
+    def _positive_weights(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = {k: n for k, n in v.items() if n < 1}
+        if bad:
+            raise ValueError(f"weights are copies of a type's rows, at least 1: {bad}")
+        return v
+
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, v: str) -> str:
@@ -190,6 +218,11 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 "stage 'sft' trains the embedding objective with queries; --objective tokens "
                 "has no stage 2"
+            )
+        if self.question_weights and (self.stage, self.question_sampling) != ("sft", "balanced"):
+            raise ValueError(
+                "question_weights weighs the balanced question rows of stage 'sft' "
+                f"(this run: stage {self.stage!r}, question_sampling {self.question_sampling!r})"
             )
         if self.predictor_layers is not None and self.predictor is None:
             raise ValueError("predictor_layers needs predictor (a pretrained Llama to cut)")

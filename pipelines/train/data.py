@@ -96,10 +96,20 @@ def type_counts(by_clip: dict[str, tuple[list, list, list]]) -> Counter:
     return Counter(kind for _, _, kinds in by_clip.values() for kind in set(kinds))
 
 
-def balanced_repeats(counts: dict[str, int]) -> dict[str, int]:
-    """Copies of each type's rows so every type has about as many rows as the commonest."""
+def balanced_repeats(
+    counts: dict[str, int], weights: dict[str, int] | None = None
+) -> dict[str, int]:
+    """Copies of each type's rows so every type has about as many rows as the commonest, times
+    the type's weight (`TrainConfig.question_weights`; 1 where unnamed)."""
+    weights = weights or {}
+    unknown = sorted(set(weights) - set(counts))
+    if unknown:
+        raise ValueError(
+            f"question_weights names {unknown}, which these features do not ask "
+            f"(their types: {sorted(counts)})"
+        )
     most = max(counts.values())
-    return {kind: max(1, round(most / n)) for kind, n in counts.items()}
+    return {kind: max(1, round(most / n)) * weights.get(kind, 1) for kind, n in counts.items()}
 
 
 def questions_by_clip(root: str, split: str) -> dict[str, tuple[list, list, list]]:
@@ -128,6 +138,7 @@ def load_splits(
     val_split: str = "val",
     questions: bool = False,
     question_sampling: QuestionSampling = "balanced",
+    question_weights: dict[str, int] | None = None,
 ):
     """(train, val) materialised Ray Datasets of one features root. With `questions`, train rows
     carry questions: "uniform", every clip once with all its questions (`AttachQuestions`);
@@ -144,7 +155,7 @@ def load_splits(
         if not by_clip:
             raise ValueError(f"no questions with split={train_split!r} in {root}")
         if question_sampling == "balanced":
-            repeats = balanced_repeats(type_counts(by_clip))
+            repeats = balanced_repeats(type_counts(by_clip), question_weights)
             fn, kwargs = BalancedQuestionRows, {"by_clip": by_clip, "repeats": repeats}
             log.info("balanced question rows: copies per type %s", repeats)
         else:

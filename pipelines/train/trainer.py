@@ -126,6 +126,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         cfg.val_split,
         questions=cfg.stage == "sft",
         question_sampling=cfg.question_sampling,
+        question_weights=cfg.question_weights,
     )
     trainer = TorchTrainer(
         _train_func,

@@ -97,3 +97,28 @@ def test_repeats_round_to_the_commonest_count() -> None:
         "c": 20,
         "d": 2,
     }
+
+
+def test_question_weights_multiply_a_types_rows_from_the_command_line() -> None:
+    """`--question-weights has_colour=2` is parsed by the config and doubles that type's rows on
+    top of the balance; a type the features do not ask, a weight under 1, or weights on rows
+    that are not balanced are refused naming the field."""
+    import pydantic
+    import pytest
+
+    from pipelines.train import TrainConfig
+
+    cfg = TrainConfig(data="f", stage="sft", question_weights="rare=3, common=1")
+    assert cfg.question_weights == {"rare": 3, "common": 1}
+    repeats = balanced_repeats(type_counts(_questions()), cfg.question_weights)
+    assert repeats == {"common": 1, "rare": 3 * N}
+    answers = collections.Counter(a for *_, a in _rows(BalancedQuestionRows(_questions(), repeats)))
+    assert answers == {5: N, 7: 3 * N}, answers
+
+    with pytest.raises(ValueError, match=r"\['colour'\].*common"):
+        balanced_repeats(type_counts(_questions()), {"colour": 2})
+    for bad in ("rare=0", "rare", "rare=two"):
+        with pytest.raises(pydantic.ValidationError, match="question_weights"):
+            TrainConfig(data="f", stage="sft", question_weights=bad)
+    with pytest.raises(pydantic.ValidationError, match="question_weights"):
+        TrainConfig(data="f", stage="sft", question_sampling="uniform", question_weights="rare=2")
