@@ -63,7 +63,8 @@ class TrainConfig(BaseModel):
         ge=0.0,
         le=1.0,
         description="sft: share of rows that train on their caption (stage-1 data) instead of "
-        "one of the clip's questions",
+        "a question; with balanced sampling these caption rows are spread evenly over the clips "
+        "(the corpus's mix, not the question balance)",
     )
     question_sampling: QuestionSampling = Field(
         "balanced",

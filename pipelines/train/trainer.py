@@ -127,6 +127,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         questions=cfg.stage == "sft",
         question_sampling=cfg.question_sampling,
         question_weights=cfg.question_weights,
+        caption_mix=cfg.caption_mix,
     )
     trainer = TorchTrainer(
         _train_func,

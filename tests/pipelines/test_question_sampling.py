@@ -14,6 +14,8 @@ from pipelines.train.data import (
     BalancedQuestionRows,
     Collate,
     balanced_repeats,
+    caption_copies,
+    captions_per_clip,
     type_counts,
 )
 
@@ -48,7 +50,8 @@ def _questions(phrasings: int = 1) -> dict[str, tuple[list, list, list]]:
 
 
 def _rows(fn, seed: int = 1) -> list[tuple[int, int, int, int]]:
-    """(clip of the tokens, clip the query names, phrasing, answer) per row, via the collate."""
+    """(clip of the tokens, clip the query names, phrasing, answer) per row, via the collate;
+    a caption row (no query) is (clip of the tokens, -1, -1, its caption id)."""
     table = fn(_clips())
     batch = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
     batch["x_tokens"] = table.column("x_tokens").combine_chunks().to_numpy_ndarray()
@@ -57,6 +60,9 @@ def _rows(fn, seed: int = 1) -> list[tuple[int, int, int, int]]:
     for i in range(table.num_rows):
         query = out["query_ids"][i][out["query_mask"][i].bool()].tolist()
         answer = out["input_ids"][i][out["attention_mask"][i].bool()].tolist()
+        if not query:
+            rows.append((int(out["x_tokens"][i, 0, 0]), -1, -1, answer[0]))
+            continue
         rows.append((int(out["x_tokens"][i, 0, 0]), query[0] - 1000, query[1] - 10, answer[0]))
     return rows
 
@@ -88,6 +94,28 @@ def test_uniform_rows_follow_the_corpus_mix() -> None:
     assert len(rows) == N and sorted(t for t, *_ in rows) == list(range(N))
     assert sum(a == 7 for *_, a in rows) <= 1  # only clip 0 can be asked the rare type
     assert all(tokens == named for tokens, named, _, _ in rows)
+
+
+def test_caption_rows_follow_the_corpus_not_the_question_balance() -> None:
+    """`--caption-mix 0.5` with balanced rows: half the stream is caption rows, each reading its
+    own clip's caption, and every clip has as many as the others, although clip 0's questions
+    fill N + 1 rows and the others' one each."""
+    counts = type_counts(_questions())
+    repeats = balanced_repeats(counts)
+    rate = captions_per_clip(counts, repeats, N, 0.5)
+    assert rate == 2.0  # 2N question rows; as many caption rows, over N clips
+    rows = _rows(BalancedQuestionRows(_questions(), repeats, rate))
+    captions = [(t, a) for t, named, _, a in rows if named == -1]
+    assert all(a == 100 + t for t, a in captions), "a caption row reads its clip's caption"
+    assert collections.Counter(t for t, _ in captions) == {c: 2 for c in range(N)}
+    assert len(rows) - len(captions) == 2 * N, "question rows are the balanced ones"
+    assert captions_per_clip(counts, repeats, N, 0.25) == 2 * N / 3 / N
+
+    many = [caption_copies(f"clip-{k}", 2.3) for k in range(4000)]
+    assert set(many) == {2, 3} and abs(np.mean(many) - 2.3) < 0.03
+    assert many == [caption_copies(f"clip-{k}", 2.3) for k in range(4000)], "same stream again"
+    assert captions_per_clip(counts, repeats, N, 1.0) == 1.0
+    assert captions_per_clip(counts, repeats, N, 0.0) == 0.0
 
 
 def test_repeats_round_to_the_commonest_count() -> None:

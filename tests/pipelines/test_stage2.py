@@ -48,11 +48,10 @@ def side_by_side(stage2_model, embedded_corpus, cli_module):
 
 def test_stage2_answers_held_out_paraphrases(side_by_side, embedded_corpus):
     """Reading the question is worth it where the caption cannot answer, on val questions worded
-    only with held-out templates. Issue 13 asks >= 0.9 on every type and +0.3 over stage 1 on
-    caption-unanswerable types. With balanced question rows two runs of this fixture reached
-    0.976 and 0.883 overall, every type >= 0.9 but ONE yes/no type each time: dark_at_end 0.75
-    (16 questions) in one, has_colour at chance (0.519) in the other. The bars below are what
-    both runs cleared; the issue's per-type 0.9 is reported, not asserted."""
+    only with held-out templates: issue 13's bars, every type >= 0.9 and +0.3 over stage 1 on
+    the caption-unanswerable types. Runs of this fixture with train phrasings sharing the
+    held-out nouns and has_colour doubled: every type >= 0.981 twice (caption rows drawn from the
+    balanced rows), every type >= 0.948 with caption rows following the corpus."""
     results, stderr = side_by_side
     (sft_name, sft), (base_name, base) = list(results["vqa"].items())
     print(stderr[-2500:])
@@ -67,8 +66,7 @@ def test_stage2_answers_held_out_paraphrases(side_by_side, embedded_corpus):
     for qtype in sft["by_type"]:
         assert sft["chance"][qtype] <= (0.5 if "has_" in qtype or "dark" in qtype else 0.25)
     by, base_by = sft["by_type"], base["by_type"]
-    assert sft["overall"] >= 0.85, by
-    assert sum(by[t] < 0.8 for t in by) <= 1, by
+    assert all(by[t] >= 0.9 for t in by), by
     # yes/no about a named colour: the caption embedding cannot tell "is it red?" from "is it
     # blue?" (the stage-1 model is at chance)
     assert base_by["has_colour"] <= 0.55
@@ -76,6 +74,7 @@ def test_stage2_answers_held_out_paraphrases(side_by_side, embedded_corpus):
     # (the stage-1 model gets the colour after, never the one before)
     assert (base_by["colour_before"] + base_by["colour_after"]) / 2 <= 0.55, base
     assert by["colour_before"] >= base_by["colour_before"] + 0.3, (sft, base)
+    assert by["has_colour"] >= base_by["has_colour"] + 0.3, (sft, base)
     assert set(CAPTION_UNANSWERABLE) == {"has_colour", "colour_before", "colour_after"}
 
     def mean(r: dict) -> float:
