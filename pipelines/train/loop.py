@@ -301,7 +301,11 @@ def train_func(config: dict) -> None:
 
         register_fsdp_forward_method(model, "label_log_likelihood")
     report = sharding_report(model)
-    optimizer = torch.optim.AdamW(model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr)
+    # Fused AdamW: one kernel over all parameters (DTensor shards included) instead of a Python
+    # loop; on a CPU worker the step's optimizer time falls ~5x (benchmarks/stage2_step.py).
+    optimizer = torch.optim.AdamW(
+        model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr, fused=True
+    )
     # Materialise AdamW's state for every parameter now (a zero-lr step; DCP's own helper), so
     # every checkpoint holds the same keys whether or not a parameter has had a gradient yet
     # (MiniLM's unused pooler never gets one) and a resumed run loads what it saved.
