@@ -96,9 +96,9 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "by the last moment, has darkness fallen?",
             "in the final frame is everything dim?",
             "when the video stops, are the lights out?",
-            "is it dark when the clip ends?",
-            "does the light go off by the end?",
-            "at the finish, is the scene unlit?",
+            "is it dark in the last frame?",
+            "do the lights go out by the end of the video?",
+            "at the finish, is the scene dim?",
         ),
     ),
     "colour_before": (
@@ -148,6 +148,9 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 # only; when no training question said "disc", the adapter had never seen the states MiniLM
 # gives that word, and the action type scored 0.76 on held-out phrasings against 0.97 in
 # training phrasings (one run). Held-out val measures paraphrase, not unseen vocabulary.
+# `dark_at_end` asks about a room, not an object: its held-out phrasings say "final frame",
+# "dim", "video" and "lights out", so its templates 5-7 say "last frame", "lights go out ...
+# video" and "dim" (before, none did, and it scored 0.75 on held-out phrasings in one run of four).
 TRAIN_TEMPLATES = (0, 1, 2, 5, 6, 7)
 VAL_TEMPLATES = (3, 4)
 CAPTION_UNANSWERABLE = ("has_colour", "colour_before", "colour_after")
