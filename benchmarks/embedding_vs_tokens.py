@@ -76,6 +76,35 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
 
 
+def write_results(out: str | Path, name: str, result: dict, table: str) -> None:
+    """OUT/NAME.json (the figures) and OUT/NAME.md (the table the docs cite), table printed."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{name}.md").write_text(table)
+    print(table)
+
+
+def step_parser(doc: str, steps: int) -> argparse.ArgumentParser:
+    """The step benchmarks' shared flags: timed and untimed steps per variant, threads, output."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=steps, help="timed steps per variant")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(RESULTS))
+    return ap
+
+
+def step_table(title: str, baseline: tuple[str, float], new: tuple[str, float], after: str) -> str:
+    """The two-variant "seconds per step" table of the step benchmarks, speed-up underneath."""
+    (base_label, base), (new_label, fast) = baseline, new
+    return (
+        f"# {title}, {machine()}\n\n| variant | seconds per step |\n|---|---:|\n"
+        f"| {base_label} | {base:.3f} |\n| {new_label} | {fast:.3f} |\n\n"
+        f"Speed-up: **{base / fast:.2f}x**. {after}\n"
+    )
+
+
 def prepare_features(work: Path, clips: int, seed: int = CORPUS_SEED) -> Path:
     """The synthetic corpus through the real `vljepa embed` pipeline (tiny preset); reused when a
     finished copy is already in `work` (the ablation benchmark trains on the same features)."""

@@ -12,8 +12,6 @@ computes the same update). Writes benchmarks/results/optimizer_step.{json,md}.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
@@ -24,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from embedding_vs_tokens import RESULTS, machine  # noqa: E402
+from embedding_vs_tokens import machine, step_parser, step_table, write_results  # noqa: E402
 
 from jepa.config import VLJEPAConfig  # noqa: E402
 from pipelines.train.joint import JointEmbedding  # noqa: E402
@@ -33,12 +31,7 @@ VARIANTS = {"loop": {}, "fused": {"fused": True}}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=10, help="timed steps per variant")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(RESULTS))
-    args = ap.parse_args()
+    args = step_parser(__doc__, steps=10).parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -79,20 +72,14 @@ def main() -> None:
         "speedup": base / new,
         "max_weight_difference": drift,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "optimizer_step.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = (
-        f"# optimizer_step: AdamW over the tiny preset's {n_params / 1e6:.1f}M trainable "
-        f"parameters, {args.threads} thread(s), median of {args.steps} steps, {machine()}\n\n"
-        "| variant | seconds per step |\n|---|---:|\n"
-        f"| per-parameter loop (torch's CPU default, baseline) | {base:.3f} |\n"
-        f"| fused kernel (`fused=True`, what the trainer uses) | {new:.3f} |\n\n"
-        f"Speed-up: **{base / new:.2f}x**. Largest weight difference after "
-        f"{args.warmup + args.steps} steps: {drift:.1e}.\n"
+    table = step_table(
+        f"optimizer_step: AdamW over the tiny preset's {n_params / 1e6:.1f}M trainable "
+        f"parameters, {args.threads} thread(s), median of {args.steps} steps",
+        ("per-parameter loop (torch's CPU default, baseline)", base),
+        ("fused kernel (`fused=True`, what the trainer uses)", new),
+        f"Largest weight difference after {args.warmup + args.steps} steps: {drift:.1e}.",
     )
-    (out / "optimizer_step.md").write_text(table)
-    print(table)
+    write_results(args.out, "optimizer_step", result, table)
 
 
 if __name__ == "__main__":

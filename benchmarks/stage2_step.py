@@ -19,8 +19,6 @@ alike: forward, InfoNCE, backward, AdamW. Writes benchmarks/results/stage2_step.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
@@ -32,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from embedding_vs_tokens import RESULTS, machine  # noqa: E402
+from embedding_vs_tokens import machine, step_parser, step_table, write_results  # noqa: E402
 
 from jepa.config import VLJEPAConfig  # noqa: E402
 from jepa.loss import info_nce  # noqa: E402
@@ -67,12 +65,8 @@ def _rows(rng: np.random.Generator, n: int) -> list[tuple[str, str]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=12, help="timed steps per variant")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
+    ap = step_parser(__doc__, steps=12)
     ap.add_argument("--batch", type=int, default=24, help="rows per step (the suite's per worker)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -139,21 +133,16 @@ def main() -> None:
         "distinct_targets_per_batch_mean": float(np.mean(distinct["targets"])),
         "query_states_cached_after": len(cached._states),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "stage2_step.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = (
-        f"# stage2_step: tiny preset, batch {args.batch}, {args.threads} thread(s), "
-        f"median of {args.steps} steps, {machine()}\n\n"
-        "| variant | seconds per step |\n|---|---:|\n"
-        f"| every row through the query encoder and the Y-encoder (baseline) | {base:.3f} |\n"
-        f"| each distinct question / target once | {new:.3f} |\n\n"
-        f"Speed-up: **{base / new:.2f}x**. Distinct per batch of {args.batch}: "
+    table = step_table(
+        f"stage2_step: tiny preset, batch {args.batch}, {args.threads} thread(s), "
+        f"median of {args.steps} steps",
+        ("every row through the query encoder and the Y-encoder (baseline)", base),
+        ("each distinct question / target once", new),
+        f"Distinct per batch of {args.batch}: "
         f"{result['distinct_questions_per_batch_mean']:.1f} questions, "
-        f"{result['distinct_targets_per_batch_mean']:.1f} targets.\n"
+        f"{result['distinct_targets_per_batch_mean']:.1f} targets.",
     )
-    (out / "stage2_step.md").write_text(table)
-    print(table)
+    write_results(args.out, "stage2_step", result, table)
 
 
 if __name__ == "__main__":
