@@ -302,7 +302,7 @@ def train_func(config: dict) -> None:
         register_fsdp_forward_method(model, "label_log_likelihood")
     report = sharding_report(model)
     # Fused AdamW: one kernel over all parameters (DTensor shards included) instead of a Python
-    # loop; on a CPU worker the step's optimizer time falls ~5x (benchmarks/stage2_step.py).
+    # loop; on a CPU worker the optimizer step is ~5x faster (benchmarks/optimizer_step.py).
     optimizer = torch.optim.AdamW(
         model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr, fused=True
     )
