@@ -62,7 +62,10 @@ class XEncoderConfig(_Strict):
             raise ValueError("num_frames must be a multiple of tubelet_size")
         t, s = self.grid()
         if t % self.pool_temporal or s % self.pool_spatial:
-            raise ValueError(f"token grid {t}x{s}x{s} is not divisible by the pooling factors")
+            raise ValueError(
+                f"token grid {t}x{s}x{s} (time x height x width) is not divisible by "
+                f"pool_temporal={self.pool_temporal}, pool_spatial={self.pool_spatial}"
+            )
         return self
 
     def grid(self) -> tuple[int, int]:

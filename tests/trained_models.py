@@ -26,6 +26,11 @@ EMBED_VAL_FRACTION = 0.2
 # decoded differently moves the corpus CIDEr by ~0.03 rather than ~0.17.
 EMBED_STREAMS = 10
 REGISTER_NAME = "vljepa-test"
+# The corpus is embedded with `--pool-temporal 2` (4x4x4 = 64 tokens a clip, not the tiny
+# preset's 128): three quarters of a training step is the predictor over the visual tokens, and
+# every training fixture and most serve tests read these features. It also keeps the pooled path
+# (features carrying their pooling into training and serving) on the suite's main road.
+EMBED_POOL_TEMPORAL = 2
 
 
 @dataclass
@@ -38,7 +43,7 @@ class EmbeddedCorpus:
     seconds: float
 
 
-def embed_in_process(corpus: Path, out: Path, preset: str = "tiny") -> None:
+def embed_in_process(corpus: Path, out: Path, preset: str = "tiny", pool_temporal: int = 1) -> None:
     """Decode each clip with decord, run the X-encoder, write OUT/data/part-00000-0.parquet."""
     import io
 
@@ -52,6 +57,7 @@ def embed_in_process(corpus: Path, out: Path, preset: str = "tiny") -> None:
     from jepa.y_encoder import YEncoder
 
     cfg = VLJEPAConfig.preset(preset)
+    cfg.x_encoder.pool_temporal = pool_temporal
     xenc = XEncoder.from_config(cfg.x_encoder)
     yenc = YEncoder.from_config(cfg.y_encoder, cfg.shared_dim)
     rows = [
@@ -106,7 +112,14 @@ def _embed_with_pipeline(corpus: Path, out: Path, preset: str) -> bool:
         from pipelines.embed import EmbedConfig, run_embed  # type: ignore[attr-defined]
     except ImportError:
         return False
-    run_embed(EmbedConfig(manifest=str(corpus / "manifest.jsonl"), out=str(out), preset=preset))
+    run_embed(
+        EmbedConfig(
+            manifest=str(corpus / "manifest.jsonl"),
+            out=str(out),
+            preset=preset,
+            pool_temporal=EMBED_POOL_TEMPORAL,
+        )
+    )
     return True
 
 
@@ -132,7 +145,7 @@ def embedded_corpus(session_dir: Path, ray_session: str) -> EmbeddedCorpus:  # n
     if os.environ.get("VLJEPA_TEST_EMBED_INPROCESS") == "1" or not _embed_with_pipeline(
         corpus, out, "tiny"
     ):
-        embed_in_process(corpus, out, "tiny")
+        embed_in_process(corpus, out, "tiny", EMBED_POOL_TEMPORAL)
     split = pq.read_table(out / "data", columns=["split"]).column("split").to_pylist()
     return EmbeddedCorpus(
         corpus=corpus,

@@ -47,6 +47,17 @@ class EmbedConfig(BaseModel):
     frames: int | None = Field(None, gt=0, description="frames per clip (default: the X-encoder's)")
     size: int | None = Field(None, gt=0, description="frame size in px (default: the X-encoder's)")
     fps: float | None = Field(None, gt=0, description="sampling rate; None = spread over the clip")
+    pool_temporal: int | None = Field(
+        None,
+        ge=1,
+        description="average-pool the token grid over time by N (default: the X-encoder's)",
+    )
+    pool_spatial: int | None = Field(
+        None,
+        ge=1,
+        description="average-pool the token grid over height and width by N each "
+        "(default: the X-encoder's)",
+    )
     pad: bool = Field(
         False, description="repeat frames of clips that are too short instead of rejecting them"
     )
@@ -136,6 +147,9 @@ class EmbedConfig(BaseModel):
             x["num_frames"] = self.frames
         if self.size is not None:
             x["image_size"] = self.size
+        for key in ("pool_temporal", "pool_spatial"):
+            if getattr(self, key) is not None:
+                x[key] = getattr(self, key)
         x["fps"] = self.fps  # the sampling is part of the X-encoder's config
         x["pad"] = self.pad
         if self.x_dtype is not None:

@@ -18,7 +18,7 @@ import pytest
 from pipelines import storage
 from pipelines.train import checkpoint as ckpt
 from tests.helpers import cli_json
-from tests.trained_models import embed_in_process
+from tests.trained_models import EMBED_POOL_TEMPORAL, embed_in_process
 
 TRAIN_WORKER = "ray::RayTrainWorker"
 STEPS, CHECKPOINT_EVERY = 12, 4
@@ -46,7 +46,7 @@ def test_train_resumes_from_s3_checkpoint_after_node_loss(
     from mlflow import MlflowClient
 
     prefix = s3.uri("multinode", uuid.uuid4().hex[:8])
-    embed_in_process(synth_corpus, tmp_path / "features", "tiny")
+    embed_in_process(synth_corpus, tmp_path / "features", "tiny", EMBED_POOL_TEMPORAL)
     features = storage.join(prefix, "features")
     _upload(tmp_path / "features", features)
     name = "node-loss"

@@ -401,6 +401,26 @@ def test_config_rejects_bad_values_early():
             EmbedConfig(manifest="m.jsonl", out="o", **bad)
 
 
+def test_pooling_flags_shape_the_tokens_and_a_bad_factor_names_the_flag():
+    """`--pool-temporal` / `--pool-spatial` reach the X-encoder (and so the features' metadata
+    and everything trained on them); a factor that does not divide the grid is refused by name."""
+    from pydantic import ValidationError
+
+    from pipelines.embed import EmbedConfig
+
+    plain = EmbedConfig(manifest="m.jsonl", out="o").model().x_encoder
+    pooled = EmbedConfig(manifest="m.jsonl", out="o", pool_temporal=2, pool_spatial=2)
+    x = pooled.model().x_encoder
+    assert (x.pool_temporal, x.pool_spatial) == (2, 2)
+    assert x.num_tokens * 8 == plain.num_tokens
+    assert (
+        pooled.resume_key()["config_hash"]
+        != EmbedConfig(manifest="m.jsonl", out="o").resume_key()["config_hash"]
+    )
+    with pytest.raises(ValidationError, match="pool_temporal=3"):
+        EmbedConfig(manifest="m.jsonl", out="o", pool_temporal=3)
+
+
 def test_split_decode_and_encode_stages_match_the_fused_stage(synth_corpus, tmp_path):
     """The GPU layout (decode actors -> encoder actors) computes what the fused CPU stage does;
     run here on the CPU, in-process, as Ray would call the stages."""

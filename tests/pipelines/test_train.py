@@ -10,6 +10,7 @@ import os
 import pytest
 
 from tests.helpers import cli_json
+from tests.trained_models import EMBED_POOL_TEMPORAL
 
 # The acceptance run is a session fixture (~6 min on an idle 2-core machine, much more on a shared
 # one); pytest-timeout counts fixture set-up against the first test that needs it.
@@ -51,7 +52,10 @@ def test_train_learns_tracked_and_registered(trained_model, embedded_corpus):
     p = run.data.params
     for k in ("preset", "steps", "lr", "batch_size", "workers", "schedule", "data", "grad_clip"):
         assert p[k] == str(getattr(cfg, k)), k
-    assert json.loads(p["model.config"])["shared_dim"] == 256
+    model_cfg = json.loads(p["model.config"])
+    assert model_cfg["shared_dim"] == 256
+    # `embed --pool-temporal 2` travelled with the features into the trained model: 4x4x4 tokens
+    assert model_cfg["x_encoder"]["pool_temporal"] == EMBED_POOL_TEMPORAL == 2
     assert p["vljepa.config_hash"] == p["model.hash"]
     # the export stays with the run, beside its checkpoints
     assert res.export_dir == os.path.join(res.storage_dir, "model")
