@@ -184,7 +184,9 @@ class XEncoder(nn.Module):
         # Token order out of the Conv3d patch embedding is (t, h, w).
         grid = tokens.transpose(1, 2).reshape(b, d, t, s, s)
         grid = F.avg_pool3d(grid, kernel_size=(pt, ps, ps))
-        return grid.flatten(2).transpose(1, 2)
+        # Contiguous: a transposed view stays one through clone() and numpy(), and Arrow's
+        # FixedShapeTensorArray reads a non-C-ordered array as the transposed shape.
+        return grid.flatten(2).transpose(1, 2).contiguous()
 
     def forward(self, frames) -> torch.Tensor:
         """uint8 frames -> visual tokens (B, num_tokens, hidden_size), in float32.

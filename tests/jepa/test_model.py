@@ -88,6 +88,15 @@ def test_token_pooling_shrinks_the_grid(frames):
     # First pooled token = mean of the (2 x 2 x 2) block at the grid origin (order t, h, w).
     grid = a.reshape(2, 8, 4, 4, 192)
     assert torch.allclose(b[:, 0], grid[:, :2, :2, :2].mean((1, 2, 3)), atol=1e-5)
+    # The stored form keeps its shape through Arrow's tensor column (a transposed, non-C-ordered
+    # array came back from FixedShapeTensorArray as 192 x 16).
+    import pyarrow as pa
+
+    stored = pooled.encode_numpy(frames)
+    assert stored.flags.c_contiguous
+    col = pa.FixedShapeTensorArray.from_numpy_ndarray(stored)
+    assert col.to_numpy_ndarray().shape == (2, 16, 192)
+    np.testing.assert_array_equal(col.to_numpy_ndarray(), stored)
 
 
 def _targets(model: VLJEPA, texts: list[str]) -> dict[str, torch.Tensor]:
