@@ -248,10 +248,24 @@ def urls(cfg: dict[str, Any], app_name: str = APP_NAME) -> dict[str, str]:
     return {"api": base + "/v1", "docs": base + "/docs", "health": base + "/healthz"}
 
 
+def deployed_at(app_name: str = APP_NAME) -> float | None:
+    """When Serve last accepted a config for the app (its controller's clock), None if it does
+    not run (or Serve is not started)."""
+    from ray import serve
+
+    try:
+        app = serve.status().applications.get(app_name)
+    except Exception:  # noqa: BLE001 - Serve not started: nothing runs
+        return None
+    return None if app is None else float(app.last_deployed_time_s)
+
+
 def deploy(cfg: dict[str, Any]) -> None:
     """Run the config on the connected Ray cluster the way `serve run config.yaml` does: start
     Serve with the file's HTTP options, then hand the whole config to the controller (which
-    imports `serve.app:build_app` and applies the per-deployment settings)."""
+    imports `serve.app:build_app` and applies the per-deployment settings). Returns once the
+    controller has accepted it; `wait_running(..., replaced=deployed_at(...) taken before)` then
+    waits for this deploy rather than trusting the status of the one it replaces."""
     from ray.serve._private import api as _private_api
     from ray.serve.config import gRPCOptions
 
@@ -276,8 +290,11 @@ def _why_failed(app) -> str:
     return out
 
 
-def wait_running(app_name: str = APP_NAME, timeout_s: float = 180.0) -> None:
-    """Block until the app is RUNNING; raise with Serve's message if it fails to deploy."""
+def wait_running(
+    app_name: str = APP_NAME, timeout_s: float = 180.0, replaced: float | None = None
+) -> None:
+    """Block until the app is RUNNING; raise with Serve's message if it fails to deploy.
+    `replaced`: the `deployed_at` of the app this deploy replaces; its status does not count."""
     import time
 
     from ray import serve
@@ -286,7 +303,9 @@ def wait_running(app_name: str = APP_NAME, timeout_s: float = 180.0) -> None:
     last = ""
     while time.monotonic() < deadline:
         app = serve.status().applications.get(app_name)
-        if app is not None:
+        if app is not None and replaced is not None and app.last_deployed_time_s == replaced:
+            last = "the previous deploy is still the current one"
+        elif app is not None:
             status = str(getattr(app.status, "value", app.status))
             last = f"{status}: {app.message}"
             if status == "RUNNING":

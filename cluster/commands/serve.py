@@ -112,11 +112,12 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        replaced = sc.deployed_at(sc.APP_NAME)  # redeploying over a running app: wait for ours
         sc.deploy(cfg)
         t0 = time.monotonic()
         print(f"deploying the vljepa Serve app (MLflow store {tracking_uri}) ...", flush=True)
         try:
-            sc.wait_running(sc.APP_NAME, timeout_s=600)
+            sc.wait_running(sc.APP_NAME, timeout_s=600, replaced=replaced)
         except (RuntimeError, TimeoutError) as e:
             print(f"vljepa serve: {e}", flush=True)
             return 1

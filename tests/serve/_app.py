@@ -53,9 +53,9 @@ def deploy(port: int, args: dict, deployments: dict, fresh: bool = True) -> dict
     cfg = sc.apply_overrides(
         sc.load_config(), args=args, deployments=deployments, host="127.0.0.1", port=port
     )
+    replaced = sc.deployed_at(APP)
     sc.deploy(cfg)
-    time.sleep(1)
-    sc.wait_running(APP, timeout_s=300)
+    sc.wait_running(APP, timeout_s=300, replaced=replaced)
     return cfg
 
 
@@ -134,9 +134,9 @@ def deploy_side(
         proxy_location=schema.proxy_location,
         grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
     )
+    replaced = sc.deployed_at(name)
     client.deploy_apps(schema, _blocking=False)
-    time.sleep(1)
-    sc.wait_running(name, timeout_s=300)
+    sc.wait_running(name, timeout_s=300, replaced=replaced)
     port = schema.http_options.port
     return SideApp(name, f"http://127.0.0.1:{port}/{name}", started, entry)
 

@@ -282,3 +282,13 @@ def test_replica_without_tracking_uri_reads_the_resolved_store(tmp_path: Path, m
     d = local_model_dir("models:/m/1", "")
     assert os.path.exists(os.path.join(d, "config.json"))
     assert not (tmp_path / "store" / "mlflow.db").exists()
+
+
+def test_wait_running_does_not_take_the_replaced_deploy_for_the_new_one(app):
+    """A redeploy over a running app: until Serve has accepted the new config, the old one's
+    RUNNING must not count (`vljepa serve` and the tests pass `replaced`)."""
+    current = sc.deployed_at(sc.APP_NAME)
+    assert current is not None and sc.deployed_at("no-such-app") is None
+    sc.wait_running(sc.APP_NAME, timeout_s=5)  # the running app itself
+    with pytest.raises(TimeoutError, match="previous deploy"):
+        sc.wait_running(sc.APP_NAME, timeout_s=1.5, replaced=current)
