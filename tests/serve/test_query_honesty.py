@@ -10,6 +10,8 @@ app must serve (no `detector` in the app's args).
   {"error": "query not supported", ...} unless the model was trained with queries; the same
   request without the query (or with an empty one) is a 200; a rejected stream clip does not
   advance the stream;
+- POST /v1/vqa on that stage-1 model is a 422 too (it never saw a question), with candidates
+  or without, as JSON and multipart: nothing is decoded or ranked;
 - the detector served (GET /readyz, the stream store's settings, and the events a stream emits)
   is the model's stored one, or the app's explicit one when it gives one.
 """
@@ -104,6 +106,29 @@ def test_query_refused_unless_trained_with_queries(noquery, clips, endpoint, for
     else:  # an empty query is no query
         r = _request(c, endpoint, clips["a"], form, labels, query="")
         assert r.status_code == 200, r.text
+
+
+def test_stage1_model_refuses_questions(noquery, clips):
+    """/v1/vqa on a model not trained with queries: 422 with the reason, as JSON and multipart,
+    with candidates or without; the same app embeds the clip when no question is asked."""
+    c = noquery["client"]
+    assert c.get("/readyz").json()["model"]["trained_with_queries"] is False
+    clip = {"clip": ("c.mp4", clips["a"], "video/mp4")}
+    requests = [
+        {"json": {"clip_b64": _b64(clips["a"]), "question": QUERY}},
+        {"json": {"clip_b64": _b64(clips["a"]), "question": QUERY, "candidates": ["a", "b"]}},
+        {"files": clip, "data": {"question": QUERY}},
+        {"files": clip, "data": {"question": QUERY, "candidates": ["a", "b"]}},
+    ]
+    for kw in requests:
+        r = c.post("/v1/vqa", **kw)
+        assert r.status_code == 422, r.text
+        body = r.json()
+        assert body["error"] == "query not supported", body
+        assert "not trained with queries" in body["detail"], body
+        assert "never saw a question" in body["detail"], body
+    r = c.post("/v1/embed", json={"clip_b64": _b64(clips["a"])})
+    assert r.status_code == 200, r.text
 
 
 def test_query_served_by_a_model_trained_with_queries(app, clips):

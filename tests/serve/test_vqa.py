@@ -1,17 +1,17 @@
-"""POST /v1/vqa (discriminative visual question answering) over real HTTP.
-
-Two small apps next to whatever the session's Serve runs (each deployed once for the module):
-one serving a saved tiny model that declares `trained_with_queries` (untrained weights: the
-tests check the plumbing, not the answers), one serving the same model as stage 1 (it never saw
-a question, so /v1/vqa must refuse it).
+"""POST /v1/vqa (discriminative visual question answering) over real HTTP, on the package's app
+(tests/serve/conftest.py: a saved tiny-text model that declares `trained_with_queries`, with
+untrained weights: the tests check the plumbing, not the answers; the answers of a trained
+stage-2 model are tests/serve/test_vqa_stage2.py's).
 
 - with candidates: the answer is one of them, scores come best first, and each score is the
   cosine of /v1/embed's prediction for (clip, query=question) with the candidate's embedding by
   the served TextEncoder; JSON and multipart (repeated `candidates` fields) agree;
 - without candidates: the Decoder writes the answer (`decoded`, no scores, one Decoder call);
 - every bad input (blank or missing question, question too long, empty / too many / blank /
-  duplicate candidates, wrong types) is a 4xx JSON error, never a 500;
-- a stage-1 model answers 422 `query not supported`.
+  duplicate candidates, wrong types) is a 4xx JSON error, never a 500.
+
+A stage-1 model's 422 for questions is tested beside its 422 for `query`, on the stage-1 app of
+tests/serve/test_query_honesty.py.
 """
 
 from __future__ import annotations
@@ -23,10 +23,7 @@ import numpy as np
 import pytest
 
 from tests.serve import _app
-from tests.serve.conftest import serving
 
-APP = "vljepa-vqa"
-STAGE1 = "vljepa-vqa-stage1"
 QUESTION = "what colour is the shape?"
 CANDIDATES = ["red", "green", "blue", "yellow", "a square", "nothing happens"]
 MAX_CANDIDATES = 256  # AppArgs.max_candidates default
@@ -37,34 +34,10 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _save_model(directory, trained_with_queries: bool) -> str:
-    """A tiny model (fixed-seed random weights, a Y-decoder) saved as a trained one would be.
-
-    `tiny-text` reads queries through the predictor's own token table (the paper's path); the
-    frozen-query-encoder path of the `tiny` preset is served in tests/serve/test_vqa_stage2.py."""
-    from jepa.config import VLJEPAConfig
-    from jepa.model import VLJEPA
-
-    cfg = VLJEPAConfig.preset("tiny-text")
-    cfg.trained_with_queries = trained_with_queries
-    model = VLJEPA.from_config(cfg, with_decoder=True)
-    model.save_pretrained(directory)
-    return str(directory)
-
-
 @pytest.fixture(scope="module")
-def vqa(ray_session, tmp_path_factory):
-    model_dir = _save_model(tmp_path_factory.mktemp("vqa-model"), trained_with_queries=True)
-    with serving(APP, {"model_uri": model_dir}) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def stage1(vqa, tmp_path_factory):
-    """Deployed after `vqa` (so both share one Serve) and only for the test that needs it."""
-    model_dir = _save_model(tmp_path_factory.mktemp("vqa-stage1"), trained_with_queries=False)
-    with serving(STAGE1, {"model_uri": model_dir}) as c:
-        yield c
+def vqa(app) -> httpx.Client:
+    """The package app's client (its bearer token included)."""
+    return app["client"]
 
 
 def _ok(r: httpx.Response) -> dict:
@@ -116,7 +89,7 @@ def test_candidates_ranked_by_cosine_with_the_query_prediction(vqa, clips):
         ],
         np.float32,
     )
-    text = serve.get_deployment_handle("TextEncoder", APP).encode.remote(ranked).result()
+    text = serve.get_deployment_handle("TextEncoder", _app.APP).encode.remote(ranked).result()
     np.testing.assert_allclose(np.asarray(text, np.float32) @ pred, scores, atol=1e-4)
     # the question matters: without it the prediction (so the scores) differ
     plain = np.asarray(
@@ -143,17 +116,17 @@ def test_candidates_ranked_by_cosine_with_the_query_prediction(vqa, clips):
 
 
 def test_without_candidates_the_decoder_answers(vqa, clips):
-    before = _app.decoder_calls(APP)
+    before = _app.decoder_calls(_app.APP)
     body = _ok(vqa.post("/v1/vqa", json={"clip_b64": _b64(clips["a"]), "question": QUESTION}))
     assert body["decoded"] is True and body["scores"] == [] and body["question"] == QUESTION
     assert isinstance(body["answer"], str) and body["duration_s"] > 0
     mp = _ok(vqa.post("/v1/vqa", **_multipart(clips["b"], question=QUESTION)))
     assert mp["decoded"] is True and mp["scores"] == [] and isinstance(mp["answer"], str)
-    assert _app.decoder_calls(APP) == before + 2
+    assert _app.decoder_calls(_app.APP) == before + 2
     # with candidates the Decoder is not called
     body = {"clip_b64": _b64(clips["a"]), "question": QUESTION, "candidates": ["red", "blue"]}
     _ok(vqa.post("/v1/vqa", json=body))
-    assert _app.decoder_calls(APP) == before + 2
+    assert _app.decoder_calls(_app.APP) == before + 2
 
 
 # ------------------------------------------------------------------------------- bad inputs
@@ -323,27 +296,3 @@ def test_bad_input_is_a_4xx_json_error(vqa, clips, name, make, status, error, de
     body = r.json()
     assert set(body) == {"error", "detail"} and body["error"] == error, body
     assert detail in str(body["detail"]), body
-
-
-# ------------------------------------------------------------------------------- stage 1
-
-
-def test_stage1_model_refuses_questions(stage1, clips):
-    """A model not trained with queries never saw a question: 422 with the reason, as JSON and
-    multipart, with candidates or without (nothing is decoded or ranked)."""
-    assert stage1.get("/readyz").json()["model"]["trained_with_queries"] is False
-    requests = [
-        {"json": {"clip_b64": _b64(clips["a"]), "question": QUESTION}},
-        {"json": {"clip_b64": _b64(clips["a"]), "question": QUESTION, "candidates": ["a", "b"]}},
-        _multipart(clips["a"], question=QUESTION),
-        _multipart(clips["a"], question=QUESTION, candidates=["a", "b"]),
-    ]
-    for kw in requests:
-        r = stage1.post("/v1/vqa", **kw)
-        assert r.status_code == 422, r.text
-        body = r.json()
-        assert body["error"] == "query not supported", body
-        assert "not trained with queries" in body["detail"], body
-        assert "never saw a question" in body["detail"], body
-    # the app itself serves: the same clip without a question is embedded
-    _ok(stage1.post("/v1/embed", json={"clip_b64": _b64(clips["a"])}))
