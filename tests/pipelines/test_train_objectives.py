@@ -53,6 +53,26 @@ def test_y_lr_mult_zero_freezes_the_y_encoder(mult):
         assert {g["name"] for g in opt.param_groups} >= {"y_encoder.decay", "y_encoder.no_decay"}
 
 
+@pytest.mark.parametrize("preset", ["tiny", "tiny-text"])
+def test_query_training_trains_only_the_query_path_the_predictor_reads(preset):
+    """Stage 2 trains the token table when queries come as ids (tiny-text, the paper's path) and
+    the adapter when a query encoder reads them (tiny): the other one is never used, so it is
+    frozen rather than all-gathered, reduce-scattered and weight-decayed for nothing."""
+    cfg = VLJEPAConfig.preset(preset)
+    sft = JointEmbedding(cfg, load_pretrained=False, train_query_embeddings=True)
+    stage1 = JointEmbedding(cfg, load_pretrained=False)
+    table, adapter = sft.predictor.llama.embed_tokens, sft.predictor.query_adapter
+    assert not stage1.predictor.llama.embed_tokens.weight.requires_grad
+    trainable = {id(p) for g in sft.param_groups(1e-3, 0.05) for p in g["params"]}
+    if preset == "tiny":
+        assert not table.weight.requires_grad and id(table.weight) not in trainable
+        assert adapter.weight.requires_grad and id(adapter.weight) in trainable
+        assert not stage1.predictor.query_adapter.weight.requires_grad
+    else:
+        assert adapter is None
+        assert table.weight.requires_grad and id(table.weight) in trainable
+
+
 @pytest.mark.parametrize("loss", ["cosine", "l2"])
 def test_regression_losses_train_both_towers_through_the_joint_module(loss):
     cfg = VLJEPAConfig.preset("tiny-text")
