@@ -15,7 +15,9 @@ from tests.services import free_port
 
 APP = sc.APP_NAME
 TOKEN = "serve-test-token-1234"
-MAX_BYTES = 1_000_000
+# Above the ~1.1 MB multipart body of test_vqa's 10000 candidates, so that case reaches the
+# field-count guard it tests (test_serve_http's 413 case sends MAX_BYTES + 1).
+MAX_BYTES = 2_000_000
 # Tuned for the untrained tiny model on the synthetic streams (events of varied length, each
 # one slow change, pauses between some): its predicted embeddings drift ~0.001 cosine per clip
 # inside an event (it sees pixels, not meaning) and move ~0.02 across event changes. Smoothing
