@@ -143,7 +143,6 @@ def main() -> int:
     from pipelines.evaluate import load_split
     from pipelines.train import tracking
 
-    os.environ.setdefault("VLJEPA_TORCH_THREADS", str(args.threads))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args.tracking_uri = tracking_store.resolve(args.tracking_uri)
@@ -169,6 +168,7 @@ def main() -> int:
                 batch=args.batch,
                 evals=1,
                 seed=seed,
+                threads=args.threads,
                 **overrides,
             )
             lr = cfg.lr
@@ -202,7 +202,7 @@ def main() -> int:
         "benchmark": "ablations",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
-        "torch_threads": int(os.environ["VLJEPA_TORCH_THREADS"]),
+        "torch_threads": args.threads,
         "corpus": {
             "clips": args.clips,
             "val": len(val["captions"]),

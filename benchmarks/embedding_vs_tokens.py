@@ -165,6 +165,7 @@ def train_run(
     batch: int,
     evals: int,
     seed: int,
+    threads: int = 1,
     **overrides,
 ):
     """One `vljepa train` run with a checkpoint every steps/evals steps (all kept); returns
@@ -178,6 +179,7 @@ def train_run(
         data=str(features),
         preset="tiny",
         workers=1,
+        cpus_per_worker=threads,
         steps=steps,
         batch_size=batch,
         log_every=max(1, steps // 20),
@@ -533,7 +535,6 @@ def main() -> int:
     from pipelines.evaluate import load_split
     from pipelines.train.tracking import metric_history
 
-    os.environ.setdefault("VLJEPA_TORCH_THREADS", str(args.threads))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args.tracking_uri = tracking_store.resolve(args.tracking_uri)
@@ -562,6 +563,7 @@ def main() -> int:
                 batch=args.batch,
                 evals=args.evals,
                 seed=seed,
+                threads=args.threads,
                 objective=objective,
             )
             if model_cfg is None:
@@ -606,7 +608,7 @@ def main() -> int:
         "benchmark": "embedding_vs_tokens",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
-        "torch_threads": int(os.environ["VLJEPA_TORCH_THREADS"]),
+        "torch_threads": args.threads,
         "corpus": {
             "clips": args.clips,
             "train": n_train,

@@ -111,6 +111,12 @@ class TrainConfig(BaseModel):
     y_lr_mult: float | None = Field(
         None, ge=0, description="Y-encoder learning-rate multiplier (default: the preset's)"
     )
+    freeze_y_embeddings: bool = Field(
+        False,
+        description="keep the Y-encoder's token embedding table as loaded (its layers and head "
+        "still train at y_lr_mult): a corpus reaches few of its rows, yet its whole dense "
+        "gradient is reduce-scattered every step (MiniLM's is half of the tiny preset)",
+    )
     shared_dim: int | None = Field(
         None, gt=0, description="shared embedding width (default: the preset's)"
     )
@@ -131,6 +137,11 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, description="model init and data order")
     # parallelism
     workers: int = Field(2, ge=1, description="Ray Train workers")
+    cpus_per_worker: int = Field(
+        1,
+        ge=1,
+        description="CPUs Ray reserves for each worker; without GPUs also its torch threads",
+    )
     gpus: bool = Field(False, description="one GPU per worker, NCCL, bf16")
     mixed_precision: bool = Field(True, description="bf16 params/compute on GPU (FSDP2 policy)")
     # evaluation, logging, checkpoints
@@ -214,6 +225,11 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"loss {self.loss!r} is a loss of the embedding objective; --objective tokens "
                 "trains with cross-entropy on the caption tokens"
+            )
+        if self.objective == "tokens" and self.freeze_y_embeddings:
+            raise ValueError(
+                "freeze_y_embeddings freezes the Y-encoder's token table; --objective tokens "
+                "trains no Y-encoder"
             )
         if self.objective == "tokens" and self.stage == "sft":
             raise ValueError(

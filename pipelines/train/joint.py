@@ -29,6 +29,7 @@ class JointEmbedding(nn.Module):
         *,
         load_pretrained: bool = True,
         train_query_embeddings: bool = False,
+        freeze_y_embeddings: bool = False,
     ):
         super().__init__()
         self.cfg = cfg
@@ -54,6 +55,11 @@ class JointEmbedding(nn.Module):
         # initialisation, as in the paper's frozen-Y-encoder ablation).
         if cfg.y_lr_mult == 0:
             self.y_encoder.requires_grad_(False)
+        # The Y-encoder's token table alone (`TrainConfig.freeze_y_embeddings`): its layers and
+        # head still train. A corpus reaches few of its rows, yet its dense gradient is
+        # reduce-scattered whole every step (MiniLM's 30522 x 384 is half of the model).
+        if freeze_y_embeddings:
+            self.y_encoder.backbone.get_input_embeddings().requires_grad_(False)
         init = torch.tensor([math.log(1.0 / cfg.temperature)])
         # 1-element (not 0-d) so FSDP2 can shard it on dim 0 like every other parameter.
         if cfg.learnable_temperature:

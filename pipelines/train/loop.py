@@ -274,7 +274,7 @@ def train_func(config: dict) -> None:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-        torch.set_num_threads(max(1, int(os.environ.get("VLJEPA_TORCH_THREADS", "1"))))
+        torch.set_num_threads(cfg.cpus_per_worker)
     torch.manual_seed(cfg.seed)
 
     tokens = cfg.objective == "tokens"
@@ -285,7 +285,9 @@ def train_func(config: dict) -> None:
         sharded: tuple[str, ...] = ("llama",)
     else:
         sft = cfg.stage == "sft"
-        model = JointEmbedding(model_cfg, train_query_embeddings=sft).to(device)
+        model = JointEmbedding(
+            model_cfg, train_query_embeddings=sft, freeze_y_embeddings=cfg.freeze_y_embeddings
+        ).to(device)
         sharded = ("predictor", "y_encoder")
     if cfg.init:  # before sharding; a resumed checkpoint below overrides it
         from pipelines.train.init import load_init
@@ -339,6 +341,7 @@ def train_func(config: dict) -> None:
             {
                 "fsdp/dtensor_params": report["dtensor_params"],
                 "fsdp/params": report["params"],
+                "fsdp/replicated_params": report["replicated_params"],
                 "fsdp/mesh_size": report["mesh_size"],
                 "resume/start_step": start_step,
                 "world_size": world,
@@ -450,6 +453,7 @@ def train_func(config: dict) -> None:
                     metrics={k: v for k, v in last_metrics.items() if isinstance(v, float)},
                     extra={
                         "world_size": world,
+                        "torch_threads": torch.get_num_threads(),
                         "samples": samples,
                         "resumed_from": resumed_from,
                         "resume_source": resume.source,
@@ -461,7 +465,10 @@ def train_func(config: dict) -> None:
                             if "logits_shape" in out
                             else {}
                         ),
-                        "fsdp": {k: report[k] for k in ("dtensor_params", "params", "mesh_size")},
+                        "fsdp": {
+                            k: report[k]
+                            for k in ("dtensor_params", "params", "replicated_params", "mesh_size")
+                        },
                         "local_numel": report["local_numel"],
                         "global_numel": report["global_numel"],
                     },

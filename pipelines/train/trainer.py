@@ -138,7 +138,11 @@ def run_training(cfg: TrainConfig) -> TrainResult:
             "val_questions": val_questions,
         },
         torch_config=TorchConfig(backend="nccl" if cfg.gpus else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers,
+            use_gpu=cfg.gpus,
+            resources_per_worker={"CPU": cfg.cpus_per_worker},
+        ),
         run_config=_run_config(cfg, name),
         datasets={"train": train_ds, "val": val_ds},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),

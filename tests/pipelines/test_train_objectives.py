@@ -73,6 +73,46 @@ def test_query_training_trains_only_the_query_path_the_predictor_reads(preset):
         assert table.weight.requires_grad and id(table.weight) in trainable
 
 
+def test_frozen_y_embeddings_stay_whole_on_every_rank_and_never_move(tmp_path):
+    """`--freeze-y-embeddings`: the Y-encoder's token table gets no gradient, no optimizer
+    state, no FSDP shard (every rank keeps it whole, like the predictor's unused token table,
+    so no step all-gathers it), while the rest of the Y-encoder still trains."""
+    import torch.distributed as dist
+
+    from pipelines.train.parallelize import apply_fsdp, build_mesh, sharding_report
+
+    cfg = VLJEPAConfig.preset("tiny-text")
+    torch.manual_seed(0)
+    model = JointEmbedding(cfg, load_pretrained=False, freeze_y_embeddings=True)
+    table = model.y_encoder.backbone.get_input_embeddings().weight
+    before, y_before = table.detach().clone(), _snapshot(model.y_encoder)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdv'}", rank=0, world_size=1)
+    try:
+        apply_fsdp(model, build_mesh(False))
+        report = sharding_report(model)
+        opt = _step(model)
+    finally:
+        dist.destroy_process_group()
+    from torch.distributed.tensor import DTensor
+
+    assert not isinstance(table, DTensor) and torch.equal(table, before)
+    assert id(table) not in {id(p) for p in opt.state}
+    # the predictor's token table (no queries in stage 1) and this one
+    assert report["replicated_params"] == 2, report
+    assert report["dtensor_params"] == report["params"] > 20, report
+    moved = [
+        k
+        for k, v in model.y_encoder.state_dict().items()
+        if not torch.equal(v.full_tensor() if isinstance(v, DTensor) else v, y_before[k])
+    ]
+    assert moved and not any("word_embeddings" in k for k in moved), moved
+
+
+def test_freeze_y_embeddings_names_the_objective_without_a_y_encoder():
+    with pytest.raises(ValueError, match="freeze_y_embeddings"):
+        TrainConfig(data="x", objective="tokens", freeze_y_embeddings=True)
+
+
 @pytest.mark.parametrize("loss", ["cosine", "l2"])
 def test_regression_losses_train_both_towers_through_the_joint_module(loss):
     cfg = VLJEPAConfig.preset("tiny-text")
