@@ -52,7 +52,6 @@ def stage2_model(
         workers=2,
         steps=STAGE2_STEPS,
         batch_size=STAGE2_BATCH,
-        freeze_y_embeddings=True,  # as its stage-1 model was trained
         warmup_steps=10,
         log_every=10,
         val_every=half,

@@ -298,12 +298,33 @@ def read_state(checkpoint_dir: str) -> dict:
 
 
 def load_into(checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
-    """Restore model (+ optimizer) from a Ray Checkpoint on every rank; returns train_state."""
+    """Restore model (+ optimizer) from a Ray Checkpoint on every rank; returns train_state.
+
+    Every model weight must be in the checkpoint. A parameter that was frozen when it was written
+    (e.g. resumed without `--freeze-y-embeddings`) has no optimizer state there: its AdamW
+    moments start at zero, said in the log, instead of failing the resume on a missing key."""
     with checkpoint.as_directory() as d:
         if optimizer is not None:
             model_sd, optim_sd = get_state_dict(model, optimizer)
             state = {"model": model_sd, "optim": optim_sd}
-            dcp.load(state, checkpoint_id=d)
+            saved = set(dcp.FileSystemReader(d).read_metadata().state_dict_metadata)
+            lacking = [k for k in model_sd if f"model.{k}" not in saved]
+            if lacking:
+                raise ValueError(
+                    f"checkpoint {checkpoint.path} has no weights for {len(lacking)} of this "
+                    f"model's parameters (first: {lacking[0]}): it was written by another model"
+                )
+            fresh = [k for k in optim_sd.get("state", {}) if f"optim.state.{k}.step" not in saved]
+            if fresh:
+                log.warning(
+                    "checkpoint %s has no optimizer state for %d parameter(s) it kept frozen "
+                    "(first: %s): their AdamW moments start at zero",
+                    checkpoint.path,
+                    len(fresh),
+                    fresh[0],
+                )
+            planner = dcp.DefaultLoadPlanner(allow_partial_load=bool(fresh))
+            dcp.load(state, checkpoint_id=d, planner=planner)
             set_state_dict(
                 model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
             )

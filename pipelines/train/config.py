@@ -215,6 +215,14 @@ class TrainConfig(BaseModel):
     def _abs_storage(cls, v: str) -> str:
         return v if "://" in v else os.path.abspath(os.path.expanduser(v))
 
+    @field_validator("resume_from", "init", "export_dir")
+    @classmethod
+    def _abs_local_path(cls, v: str | None) -> str | None:
+        """A relative folder means the caller's: the workers that open it run elsewhere."""
+        if not v or ":/" in v:  # s3://, models:/, runs:/
+            return v
+        return os.path.abspath(os.path.expanduser(v))
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         # Unset training knobs take the preset's defaults, so what is logged is what ran.

@@ -60,3 +60,16 @@ def test_paper_preset_trains_at_the_papers_stage1_defaults():
     tiny = TrainConfig(data="X")
     assert (tiny.lr, tiny.schedule) == (1e-3, "cosine")
     assert TrainConfig(data="X", preset="paper", lr=1e-4).lr == 1e-4  # a flag still wins
+
+
+def test_relative_local_paths_become_the_callers(tmp_path, monkeypatch):
+    """`--resume-from rz/a/checkpoint_0000002` is opened by Ray workers whose working directory
+    is not the caller's; URIs and registry names are left as given."""
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig(
+        data="f", resume_from="runs/a/checkpoint_0000002", init="models/s1", export_dir="out"
+    )
+    assert cfg.resume_from == str(tmp_path / "runs/a/checkpoint_0000002")
+    assert cfg.init == str(tmp_path / "models/s1") and cfg.export_dir == str(tmp_path / "out")
+    for uri in ("models:/vljepa/1", "runs:/abc/model", "s3://b/runs/a/checkpoint_0000002"):
+        assert TrainConfig(data="f", init=uri, resume_from=uri).init == uri

@@ -2,7 +2,7 @@
 trainer (2 Ray Train workers over gloo, DCP checkpoints, MLflow), its loss falling, its export
 loadable by `vljepa eval` (captioning CIDEr-D and zero-shot classification, no retrieval), and
 its captions coming out of its own LM head. Real CLI processes on the session's Ray cluster,
-a 40-clip corpus (~1-2 min on an idle 2-core machine)."""
+the session's pre-embedded corpus."""
 
 from __future__ import annotations
 
@@ -18,29 +18,20 @@ STEPS, LOG_EVERY = 24, 4
 
 
 @pytest.fixture(scope="module")
-def small_features(synth_corpus, cli_module, ray_session, tmp_path_factory):  # noqa: ARG001
-    out = tmp_path_factory.mktemp("tokens") / "features"
-    res = cli_module(
-        "embed",
-        "--manifest",
-        synth_corpus / "manifest.jsonl",
-        "--out",
-        out,
-        "--no-progress",
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    return out
+def features(embedded_corpus):
+    """The session's pre-embedded corpus (the stage-1 tests' features): its own embed run cost
+    this module a quarter of its time."""
+    return embedded_corpus.features
 
 
 @pytest.fixture(scope="module")
-def token_run(small_features, cli_module, tmp_path_factory):
+def token_run(features, cli_module, tmp_path_factory):
     work = tmp_path_factory.mktemp("token-run")
     uri = f"sqlite:///{work / 'mlflow.db'}"
     out = cli_module(
         "train",
         "--data",
-        small_features,
+        features,
         "--objective",
         "tokens",
         "--workers",
@@ -98,7 +89,7 @@ def test_token_objective_trains_through_the_fsdp2_trainer(token_run):
     assert "val/t2v_r1" not in m  # no embedding space, no retrieval
 
 
-def test_captions_come_from_the_lm_head(token_run, small_features):
+def test_captions_come_from_the_lm_head(token_run, features):
     import torch
 
     from jepa.token_model import TokenVLM
@@ -107,7 +98,7 @@ def test_captions_come_from_the_lm_head(token_run, small_features):
     cfg = json.loads((token_run["model"] / "config.json").read_text())
     assert cfg["objective"] == "tokens"
     model = TokenVLM.from_pretrained(token_run["model"])
-    val = load_split(str(small_features), "val")
+    val = load_split(str(features), "val")
     x = torch.as_tensor(val["x_tokens"]).float()
     ids = model.generate_ids(x, max_new_tokens=12, early_stop=False)
     # greedy decoding = the LM head's argmax at every position of [BOS, generated ...]
@@ -130,10 +121,8 @@ def test_captions_come_from_the_lm_head(token_run, small_features):
     assert torch.equal(rolled[:, 0], (ids[:, 0] + 1) % model.lm_head.weight.shape[0])
 
 
-def test_eval_dispatches_on_the_saved_objective(token_run, small_features, cli):
-    out = cli(
-        "eval", "--model", token_run["model"], "--data", small_features, "--no-mlflow", timeout=300
-    )
+def test_eval_dispatches_on_the_saved_objective(token_run, features, cli):
+    out = cli("eval", "--model", token_run["model"], "--data", features, "--no-mlflow", timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     r = cli_json(out.stdout)
     assert r["objective"] == "tokens" and "retrieval" not in r
