@@ -115,7 +115,8 @@ class TrainConfig(BaseModel):
         False,
         description="keep the Y-encoder's token embedding table as loaded (its layers and head "
         "still train at y_lr_mult): a corpus reaches few of its rows, yet its whole dense "
-        "gradient is reduce-scattered every step (MiniLM's is half of the tiny preset)",
+        "gradient is reduce-scattered every step (MiniLM's: nearly half of what the tiny preset "
+        "trains)",
     )
     shared_dim: int | None = Field(
         None, gt=0, description="shared embedding width (default: the preset's)"

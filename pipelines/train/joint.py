@@ -57,7 +57,8 @@ class JointEmbedding(nn.Module):
             self.y_encoder.requires_grad_(False)
         # The Y-encoder's token table alone (`TrainConfig.freeze_y_embeddings`): its layers and
         # head still train. A corpus reaches few of its rows, yet its dense gradient is
-        # reduce-scattered whole every step (MiniLM's 30522 x 384 is half of the model).
+        # reduce-scattered whole every step (MiniLM's 30522 x 384: nearly half of what the tiny
+        # preset trains).
         if freeze_y_embeddings:
             self.y_encoder.backbone.get_input_embeddings().requires_grad_(False)
         init = torch.tensor([math.log(1.0 / cfg.temperature)])

@@ -57,8 +57,8 @@ def apply_fsdp(
 
     `replicate_frozen` (default: without bf16) leaves the parameters that need no gradient out of
     FSDP: every rank keeps them whole. A sharded frozen weight is still all-gathered before every
-    forward, for nothing: the tiny preset's predictor token table (7.8 M of its 33 M) is frozen
-    and was a quarter of each step's all-gather. Under bf16 they stay sharded, so the
+    forward, for nothing: the tiny preset's predictor token table (7.8 M of its 33 M parameters)
+    is frozen and never read (benchmarks/fsdp_cpu_step.py). Under bf16 they stay sharded, so the
     mixed-precision policy casts them with the rest of their unit."""
     if replicate_frozen is None:
         replicate_frozen = not bf16
@@ -96,8 +96,9 @@ def apply_fsdp(
 
 
 def sharding_report(model: nn.Module) -> dict[str, object]:
-    """What the test of 'FSDP2 is real' looks at: how many trainable params are DTensors, and
-    their placements; `replicated` counts the frozen ones left whole on every rank."""
+    """What the test of 'FSDP2 is real' looks at: how many of the parameters FSDP manages are
+    DTensors, and their placements; `replicated_params` counts the frozen ones left out of it
+    (whole on every rank)."""
     from torch.distributed.tensor import DTensor
 
     total = dtensors = replicated = 0
