@@ -180,7 +180,6 @@ def trained_model(
         workers=2,
         steps=int(os.environ.get("VLJEPA_TEST_TRAIN_STEPS", "120")),
         batch_size=32,
-        freeze_y_embeddings=True,  # README: nearly half of the FSDP2 traffic
         warmup_steps=10,
         log_every=5,
         val_every=40,

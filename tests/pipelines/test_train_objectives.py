@@ -108,6 +108,52 @@ def test_frozen_y_embeddings_stay_whole_on_every_rank_and_never_move(tmp_path):
     assert moved and not any("word_embeddings" in k for k in moved), moved
 
 
+def test_resuming_with_a_table_unfrozen_starts_its_moments_and_resumes_the_rest(tmp_path):
+    """A checkpoint written with `--freeze-y-embeddings` holds no optimizer state for the
+    Y-encoder's token table; a run resumed without the flag starts that table's AdamW moments
+    at zero and takes every weight and every other moment from the checkpoint."""
+    import json
+
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.tensor import DTensor
+
+    from pipelines.train import checkpoint as ckpt
+    from pipelines.train.parallelize import apply_fsdp, build_mesh
+
+    def whole(t):
+        return t.full_tensor() if isinstance(t, DTensor) else t
+
+    cfg = VLJEPAConfig.preset("tiny-text")
+    d = tmp_path / "checkpoint_0000001"
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdv'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        frozen = apply_fsdp(
+            JointEmbedding(cfg, load_pretrained=False, freeze_y_embeddings=True), build_mesh(False)
+        )
+        opt = _step(frozen)
+        model_sd, optim_sd = get_state_dict(frozen, opt)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(d))
+        (d / ckpt.STATE_FILE).write_text(json.dumps({"step": 1}))
+        torch.manual_seed(1)
+        thawed = apply_fsdp(JointEmbedding(cfg, load_pretrained=False), build_mesh(False))
+        opt2 = torch.optim.AdamW(thawed.param_groups(1e-2, 0.05))
+        state = ckpt.load_into(ckpt.as_checkpoint(str(d)), thawed, opt2)
+        _, resumed = get_state_dict(thawed, opt2)
+    finally:
+        dist.destroy_process_group()
+    assert state["step"] == 1
+    for k, v in thawed.state_dict().items():
+        assert torch.equal(whole(v), whole(model_sd[k])), k
+    table = "y_encoder.backbone.embeddings.word_embeddings.weight"
+    assert table not in optim_sd["state"] and table in resumed["state"]
+    assert not whole(resumed["state"][table]["exp_avg"]).any()
+    for k, v in optim_sd["state"].items():
+        assert torch.equal(whole(resumed["state"][k]["exp_avg"]), whole(v["exp_avg"])), k
+
+
 def test_freeze_y_embeddings_names_the_objective_without_a_y_encoder():
     with pytest.raises(ValueError, match="freeze_y_embeddings"):
         TrainConfig(data="x", objective="tokens", freeze_y_embeddings=True)
