@@ -3,6 +3,8 @@ that really is frozen: no gradient, no update, no optimizer state. No Ray, a few
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -28,6 +30,24 @@ def _step(model: JointEmbedding, loss_name: str = "infonce") -> torch.optim.Opti
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@contextlib.contextmanager
+def _one_rank(tmp_path):
+    """A 1-rank gloo process group, so FSDP2 can shard in this process (and is torn down)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdv'}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 @pytest.mark.parametrize("mult", [0.0, 0.05])
@@ -77,7 +97,7 @@ def test_frozen_y_embeddings_stay_whole_on_every_rank_and_never_move(tmp_path):
     """`--freeze-y-embeddings`: the Y-encoder's token table gets no gradient, no optimizer
     state, no FSDP shard (every rank keeps it whole, like the predictor's unused token table,
     so no step all-gathers it), while the rest of the Y-encoder still trains."""
-    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
 
     from pipelines.train.parallelize import apply_fsdp, build_mesh, sharding_report
 
@@ -86,15 +106,10 @@ def test_frozen_y_embeddings_stay_whole_on_every_rank_and_never_move(tmp_path):
     model = JointEmbedding(cfg, load_pretrained=False, freeze_y_embeddings=True)
     table = model.y_encoder.backbone.get_input_embeddings().weight
     before, y_before = table.detach().clone(), _snapshot(model.y_encoder)
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdv'}", rank=0, world_size=1)
-    try:
+    with _one_rank(tmp_path):
         apply_fsdp(model, build_mesh(False))
         report = sharding_report(model)
         opt = _step(model)
-    finally:
-        dist.destroy_process_group()
-    from torch.distributed.tensor import DTensor
-
     assert not isinstance(table, DTensor) and torch.equal(table, before)
     assert id(table) not in {id(p) for p in opt.state}
     # the predictor's token table (no queries in stage 1) and this one
@@ -103,7 +118,7 @@ def test_frozen_y_embeddings_stay_whole_on_every_rank_and_never_move(tmp_path):
     moved = [
         k
         for k, v in model.y_encoder.state_dict().items()
-        if not torch.equal(v.full_tensor() if isinstance(v, DTensor) else v, y_before[k])
+        if not torch.equal(_whole(v), y_before[k])
     ]
     assert moved and not any("word_embeddings" in k for k in moved), moved
 
@@ -114,21 +129,15 @@ def test_resuming_with_a_table_unfrozen_starts_its_moments_and_resumes_the_rest(
     at zero and takes every weight and every other moment from the checkpoint."""
     import json
 
-    import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
-    from torch.distributed.tensor import DTensor
 
     from pipelines.train import checkpoint as ckpt
     from pipelines.train.parallelize import apply_fsdp, build_mesh
 
-    def whole(t):
-        return t.full_tensor() if isinstance(t, DTensor) else t
-
     cfg = VLJEPAConfig.preset("tiny-text")
     d = tmp_path / "checkpoint_0000001"
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdv'}", rank=0, world_size=1)
-    try:
+    with _one_rank(tmp_path):
         torch.manual_seed(0)
         frozen = apply_fsdp(
             JointEmbedding(cfg, load_pretrained=False, freeze_y_embeddings=True), build_mesh(False)
@@ -142,16 +151,14 @@ def test_resuming_with_a_table_unfrozen_starts_its_moments_and_resumes_the_rest(
         opt2 = torch.optim.AdamW(thawed.param_groups(1e-2, 0.05))
         state = ckpt.load_into(ckpt.as_checkpoint(str(d)), thawed, opt2)
         _, resumed = get_state_dict(thawed, opt2)
-    finally:
-        dist.destroy_process_group()
     assert state["step"] == 1
     for k, v in thawed.state_dict().items():
-        assert torch.equal(whole(v), whole(model_sd[k])), k
+        assert torch.equal(_whole(v), _whole(model_sd[k])), k
     table = "y_encoder.backbone.embeddings.word_embeddings.weight"
     assert table not in optim_sd["state"] and table in resumed["state"]
-    assert not whole(resumed["state"][table]["exp_avg"]).any()
+    assert not _whole(resumed["state"][table]["exp_avg"]).any()
     for k, v in optim_sd["state"].items():
-        assert torch.equal(whole(resumed["state"][k]["exp_avg"]), whole(v["exp_avg"])), k
+        assert torch.equal(_whole(resumed["state"][k]["exp_avg"]), _whole(v["exp_avg"])), k
 
 
 def test_freeze_y_embeddings_names_the_objective_without_a_y_encoder():
