@@ -1,6 +1,7 @@
 """Benchmark one stage-2 training step of the tiny model on 2 CPU ranks (FSDP2 over gloo), as
 the trainer shards it before and after frozen weights were left out of FSDP, and with the
-Y-encoder's token table frozen (`--freeze-y-embeddings`).
+Y-encoder's token table frozen (`--freeze-y-embeddings`) or the whole Y-encoder frozen
+(`--y-lr-mult 0`, the README's stage-2 setting on CPUs).
 
 On CPUs, FSDP2 moves every weight in a unit over gloo each step: the all-gather before forward
 (and again before backward for the blocks), the reduce-scatter of the gradients after. The tiny
@@ -10,7 +11,9 @@ Variants:
   * sharded: every parameter in FSDP, frozen or not (the trainer before this change; baseline);
   * frozen_whole: frozen parameters left out of FSDP, whole on each rank (the trainer's default
     in fp32 runs);
-  * frozen_whole + freeze_y_embeddings: MiniLM's token table frozen too.
+  * frozen_whole + freeze_y_embeddings: MiniLM's token table frozen too;
+  * frozen_whole + y_encoder_frozen: the whole Y-encoder frozen (`--y-lr-mult 0`): stage 2 then
+    trains the predictor only, towards the answer space stage 1 left.
 
 Both ranks build all three models from the same seed and step them in turn on the same batches
 (the synthetic corpus's question types, balanced, a quarter caption rows, as `stage2_step.py`),
@@ -40,11 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from embedding_vs_tokens import machine, step_parser, write_results  # noqa: E402
 from stage2_step import MAX_TEXT, _rows  # noqa: E402
 
-# name -> (replicate_frozen, freeze_y_embeddings)
+# name -> (replicate_frozen, freeze_y_embeddings, y_lr_mult 0)
 VARIANTS = {
-    "sharded": (False, False),
-    "frozen_whole": (True, False),
-    "frozen_whole+freeze_y_embeddings": (True, True),
+    "sharded": (False, False, False),
+    "frozen_whole": (True, False, False),
+    "frozen_whole+freeze_y_embeddings": (True, True, False),
+    "frozen_whole+y_encoder_frozen": (True, False, True),
 }
 WORLD = 2
 
@@ -69,9 +73,10 @@ def _rank(rank: int, init: str, args, out: str) -> None:
     queries = QueryEncoder(name, MAX_TEXT)
     mesh = build_mesh(False)
     models, optims, reports = {}, {}, {}
-    for v, (replicate, freeze) in VARIANTS.items():
+    for v, (replicate, freeze, y_frozen) in VARIANTS.items():
         torch.manual_seed(0)
-        m = JointEmbedding(cfg, train_query_embeddings=True, freeze_y_embeddings=freeze)
+        vcfg = cfg.model_copy(update={"y_lr_mult": 0.0}) if y_frozen else cfg
+        m = JointEmbedding(vcfg, train_query_embeddings=True, freeze_y_embeddings=freeze)
         apply_fsdp(m, mesh, replicate_frozen=replicate)
         models[v], reports[v] = m, sharding_report(m)
         optims[v] = torch.optim.AdamW(m.param_groups(1e-3, 0.05), lr=1e-3, fused=True)

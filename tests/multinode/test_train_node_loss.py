@@ -1,7 +1,7 @@
 """`vljepa train` loses the node of one of its two workers and resumes from its last checkpoint.
 
 The two Ray Train workers sit on the two worker nodes (one logical CPU each); features, run
-storage and checkpoints are on S3, MLflow's artifacts too. Once a checkpoint is complete on S3
+storage and checkpoints are on S3, MLflow's artifacts too (the export is the MLflow copy). Once a checkpoint is complete on S3
 (every rank's shard there, marked by rank 0: `pipelines.train.checkpoint`), one worker's node is
 killed like a lost machine and a replacement node joins; the restarted worker group loads the
 newest complete checkpoint from S3 and the step count goes on from there, not from 0.
@@ -116,4 +116,10 @@ def test_train_resumes_from_s3_checkpoint_after_node_loss(
     assert after == list(range(resumed + 1, STEPS + 1)), after
     assert {m.step for m in loss} == set(range(1, STEPS + 1))
     assert summary["checkpoint"] == storage.join(run_dir, f"checkpoint_{STEPS:07d}")
+    # S3 run storage takes no save_pretrained: the export is the MLflow copy, whose artifacts
+    # the tracking server keeps on the S3 server
+    assert summary["export_dir"] == f"runs:/{summary['run_id']}/model", summary
+    assert client.get_run(summary["run_id"]).info.artifact_uri.startswith("mlflow-artifacts:")
+    stored = storage.list_files(s3.uri("mlartifacts"), recursive=True)
+    assert any(k.endswith(f"{summary['run_id']}/artifacts/model/model.safetensors") for k in stored)
     print(f"killed {placed[0].name} once step {on_s3} was on S3; resumed at step {resumed}")

@@ -1,6 +1,8 @@
 """`vljepa train`: FSDP2 on Ray Train (gloo, 2 CPU workers), cross-rank negatives, DCP checkpoints
-with failure recovery and resharding, MLflow tracking and registry, S3 storage. Everything is
-real: the shared Ray cluster, an `mlflow server`, the SeaweedFS S3 server."""
+with resharding, MLflow tracking and registry. Everything is real: the shared Ray cluster, an
+`mlflow server`. A worker killed right after a checkpoint report, with run storage on S3, is the
+stage-2 session run's (tests/pipelines/test_stage2.py); a lost node with S3 storage and MLflow
+artifacts on S3 is tests/multinode/test_train_node_loss.py's."""
 
 from __future__ import annotations
 
@@ -130,80 +132,6 @@ def test_fsdp2_params_are_sharded_and_checkpoint_has_rank_shards(trained_model):
     assert 0.45 < st["local_numel"] / st["global_numel"] <= 0.55
     assert shard_files(res.checkpoint) == ["__0_0.distcp", "__1_0.distcp"]
     assert os.path.exists(os.path.join(res.checkpoint, ".metadata"))
-
-
-def test_worker_killed_resumes_from_checkpoint_on_s3(
-    embedded_corpus, s3, mlflow_server_s3, ray_session, tmp_path
-):
-    """Acceptance 2 (second half) + 4, and the checkpoint race: rank 1 dies hard (os._exit)
-    within 100 ms of the step-2 checkpoint report, before Ray Train's controller polls it. The
-    restarted worker group resumes from that checkpoint (found complete in S3 when the controller
-    never registered it), so the same MLflow run has every step exactly once and the first after
-    the restart is 3. Checkpoints and MLflow artifacts land on the S3 server."""
-    import boto3
-
-    from pipelines.train import TrainConfig
-    from pipelines.train.checkpoint import dir_name
-    from pipelines.train.trainer import run_training
-
-    marker = tmp_path / "failed-once"
-    cfg = TrainConfig(
-        data=str(embedded_corpus.features),
-        preset=embedded_corpus.preset,
-        workers=2,
-        steps=5,
-        batch_size=8,
-        log_every=1,
-        val_every=5,
-        checkpoint_every=2,
-        storage=s3.uri("train-runs"),
-        name="failover",
-        max_failures=1,
-        fail_at_step=2,
-        fail_rank=1,
-        fail_marker=str(marker),
-        tracking_uri=mlflow_server_s3.url,
-        experiment="vljepa-tests-s3",
-        register_name="vljepa-test-s3",
-    )
-    res = run_training(cfg)
-    assert marker.exists(), "the injected failure did not happen"
-    death = json.loads(marker.read_text())
-    assert death["step"] == 2 and death["ms_after_report"] < 100, death
-    assert res.train_state["step"] == 5
-    assert res.train_state["resumed_from"] == 2
-    client = _client(mlflow_server_s3.url)
-    resume = client.get_run(res.run_id).data.tags["vljepa.resume"]
-    print("resumed from", resume)  # "storage: ..." when the controller had not registered it
-    assert dir_name(2) in resume
-
-    def history(key: str) -> list:
-        return sorted(client.get_metric_history(res.run_id, key), key=lambda x: x.timestamp)
-
-    starts = history("resume/start_step")
-    assert [x.value for x in starts] == [0, 2]
-    loss = history("train/loss")
-    assert sorted(x.step for x in loss) == [1, 2, 3, 4, 5]  # none twice, none skipped
-    assert [x.step for x in loss if x.timestamp >= starts[1].timestamp][0] == 3
-
-    s3c = boto3.client("s3", endpoint_url=s3.endpoint_url, region_name=s3.region)
-
-    def keys(prefix: str) -> set[str]:
-        pages = s3c.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket, Prefix=prefix)
-        return {o["Key"] for page in pages for o in page.get("Contents", [])}
-
-    assert res.checkpoint == s3.uri("train-runs/failover/checkpoint_0000005")
-    ckpt = keys("train-runs/failover/checkpoint_0000005/")
-    names = {k.rsplit("/", 1)[-1] for k in ckpt}
-    assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "train_state.json", "_COMPLETE"} <= names
-    art = client.get_run(res.run_id).info.artifact_uri
-    assert art.startswith("mlflow-artifacts:")
-    stored = keys("mlartifacts/")
-    assert any(k.endswith(f"{res.run_id}/artifacts/model/model.safetensors") for k in stored), (
-        stored
-    )
-    # S3 storage takes no save_pretrained: the MLflow copy is the export (no temp folder kept)
-    assert res.export_dir == f"runs:/{res.run_id}/model"
 
 
 def test_manual_resume_reshards_to_one_worker(cli, embedded_corpus, trained_model, tmp_path):
