@@ -1,10 +1,11 @@
 """`vljepa train` loses the node of one of its two workers and resumes from its last checkpoint.
 
 The two Ray Train workers sit on the two worker nodes (one logical CPU each); features, run
-storage and checkpoints are on S3, MLflow's artifacts too (the export is the MLflow copy). Once a checkpoint is complete on S3
-(every rank's shard there, marked by rank 0: `pipelines.train.checkpoint`), one worker's node is
-killed like a lost machine and a replacement node joins; the restarted worker group loads the
-newest complete checkpoint from S3 and the step count goes on from there, not from 0.
+storage and checkpoints are on S3, MLflow's artifacts too (the export is the MLflow copy). Once a
+checkpoint is complete on S3 (every rank's shard there, marked by rank 0:
+`pipelines.train.checkpoint`), one worker's node is killed like a lost machine and a replacement
+node joins; the restarted worker group loads the newest complete checkpoint from S3 and the step
+count goes on from there, not from 0.
 """
 
 from __future__ import annotations
