@@ -15,7 +15,7 @@ Variants:
   * frozen_whole + y_encoder_frozen: the whole Y-encoder frozen (`--y-lr-mult 0`): stage 2 then
     trains the predictor only, towards the answer space stage 1 left.
 
-Both ranks build all three models from the same seed and step them in turn on the same batches
+Both ranks build every variant's model from the same seed and step them in turn on the same batches
 (the synthetic corpus's question types, balanced, a quarter caption rows, as `stage2_step.py`),
 one thread per rank (as a Ray Train worker on a 2-core machine), the order rotating each step so
 machine load hits all alike. Writes benchmarks/results/fsdp_cpu_step.{json,md}.

@@ -53,10 +53,11 @@ def test_stage2_answers_held_out_paraphrases(side_by_side, embedded_corpus):
     only with held-out templates. Issue 13 asks >= 0.9 on every type and +0.3 over stage 1 on
     caption-unanswerable types. With the Y-encoder frozen in stage 2 (the fixture's settings):
     0.954 overall with every type >= 0.912, 0.971 with every type >= 0.925 (a full suite run),
-    and 0.942 with every type >= 0.906 from a stage-1 model trained with --freeze-y-embeddings.
-    Training the Y-encoder too, a type fell under 0.9 in about one run of two (colour 0.887,
-    action 0.755 in CI). The margin over 0.9 is a few points on types of 16 to 192 questions, so
-    the bars below allow one type under it; the per-type table is printed beside stage 1's."""
+    and 0.942 with every type >= 0.906 from a stage-1 model trained with --freeze-y-embeddings;
+    but another full suite run lost the before/after pair (colour_before 0.406, colour_after
+    0.625, 32 questions each), so this test is not steady yet (issue 13). Training the Y-encoder
+    too, a type fell under 0.9 in about one run of two (colour 0.887, action 0.755 in CI). The
+    bars below allow one type under 0.9; the per-type table is printed beside stage 1's."""
     results, stderr = side_by_side
     (sft_name, sft), (base_name, base) = list(results["vqa"].items())
     print(stderr[-2500:])
