@@ -1,8 +1,8 @@
 """Question-answer pairs from each clip's ground truth (stage-2 data for query-conditioned VL-JEPA).
 
-Every question type has a CLOSED candidate set (yes/no, or at least 4 answers) and 8
-word-different paraphrase templates. The train split asks only with `TRAIN_TEMPLATES` (6 of them),
-the val split only with `VAL_TEMPLATES` (the other 2), so val measures held-out paraphrases.
+Every question type has a CLOSED candidate set (yes/no, or at least 4 answers) and 14
+word-different paraphrase templates. The train split asks only with `TRAIN_TEMPLATES` (12 of
+them), the val split only with `VAL_TEMPLATES` (the other 2), so val measures held-out paraphrases.
 Answers are short canonical strings drawn from the type's candidates.
 
 | type | asked of | candidates |
@@ -60,6 +60,12 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "what colour does the disc have?",
             "say which colour this round object shows",
             "which colour describes the orb?",
+            "which colour is the circle?",
+            "what paint covers the ball?",
+            "tell me the tint of the sphere",
+            "the round object has which hue?",
+            "what shade is the disc?",
+            "identify the colour of the orb",
         ),
     ),
     "action": (
@@ -73,6 +79,12 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "what is the disc doing?",
             "tell me what the round object does here",
             "which action does the orb perform?",
+            "what does the circle do in the video?",
+            "describe what happens to the round object",
+            "which event happens to the disc?",
+            "what is the sphere's behaviour over the clip?",
+            "how does the ball change during the clip?",
+            "what action does the round object take?",
         ),
     ),
     "direction": (
@@ -86,6 +98,12 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "which direction is the disc going?",
             "tell me where the round object moves to",
             "to which side does the orb travel?",
+            "in which direction does the circle go?",
+            "which edge is the sphere moving toward?",
+            "the ball travels to which side?",
+            "where does the disc move?",
+            "which way is the round object drifting?",
+            "tell me the direction the orb heads in",
         ),
     ),
     "dark_at_end": (
@@ -99,6 +117,12 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "is it dark in the last frame?",
             "do the lights go out by the end of the video?",
             "at the finish, is the scene dim?",
+            "is the scene dark when the clip ends?",
+            "at the end of the video, are the lights off?",
+            "does the room end up dim?",
+            "is everything dark in the closing frame?",
+            "when the clip stops, is the room without light?",
+            "has the light gone out by the final moment?",
         ),
     ),
     "colour_before": (
@@ -112,6 +136,12 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "at the start, which colour does the disc have?",
             "what was the round object's colour at the beginning?",
             "the orb's earliest hue is what?",
+            "which colour did the circle have before the change?",
+            "what was the sphere's first colour?",
+            "before changing, what tint is the orb?",
+            "what hue does the disc begin with?",
+            "tell me the round object's starting colour",
+            "initially, what shade is the ball?",
         ),
     ),
     "colour_after": (
@@ -125,6 +155,12 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "at the end, which colour does the disc have?",
             "what is the round object's colour at the finish?",
             "the orb's latest hue is what?",
+            "which colour does the circle have after the change?",
+            "what is the sphere's last colour?",
+            "after changing, what tint is the orb?",
+            "what hue does the disc finish with?",
+            "tell me the round object's ending colour",
+            "finally, what shade is the ball?",
         ),
     ),
     "has_colour": (
@@ -138,10 +174,16 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "the disc's colour is {c}, correct?",
             "tell me if the round object is {c}",
             "the orb is {c}, yes or no?",
+            "is the circle {c}?",
+            "does the sphere appear {c}?",
+            "does the disc have a {c} colour?",
+            "the ball looks {c}, right?",
+            "is the round object's hue {c}?",
+            "is the orb's tint {c}?",
         ),
     ),
 }
-# Templates 0-2 and 5-7 train, 3-4 are held out for val (5-7 were added later; the indices of
+# Templates 0-2 and 5-13 train, 3-4 are held out for val (5-13 were added later; the indices of
 # the first five stay as they were). The held-out phrasings are new sentences, not new words:
 # templates 5 and 6 name the object "disc" and "round object" as the held-out ones do. The tiny
 # preset reads a query with frozen MiniLM and a small adapter trained on the training questions
@@ -151,7 +193,11 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 # `dark_at_end` asks about a room, not an object: its held-out phrasings say "final frame",
 # "dim", "video" and "lights out", so its templates 5-7 say "last frame", "lights go out ...
 # video" and "dim" (before, none did, and it scored 0.75 on held-out phrasings in one run of four).
-TRAIN_TEMPLATES = (0, 1, 2, 5, 6, 7)
+# Templates 8-13 double the train phrasings: with six, whether a held-out phrasing of
+# `colour_before` / `colour_after` landed on the right side of "before vs after" varied from run
+# to run (0.406 / 0.625 in one full suite run, 1.000 in others, 32 questions each); a binary
+# distinction learnt from six sentences a side leans on their exact words.
+TRAIN_TEMPLATES = (0, 1, 2, *range(5, 14))
 VAL_TEMPLATES = (3, 4)
 CAPTION_UNANSWERABLE = ("has_colour", "colour_before", "colour_after")
 
@@ -181,7 +227,7 @@ def build_questions(clips: list[dict], seed: int) -> list[dict]:
     """`questions.jsonl` rows for the planned manifest `clips` (event clips only).
 
     Every clip is asked each applicable type in EVERY template of its split: a train clip in the
-    6 train phrasings, a val clip in the 2 held-out ones, so the held-out phrasings are all
+    12 train phrasings, a val clip in the 2 held-out ones, so the held-out phrasings are all
     measured and a small val split still gives each type enough questions to score. One
     phrasing per train clip left a rare type with few (clip, phrasing) pairs to learn from: the
     32 lamp clips' "dark at the end?" fell to 0.75 on held-out phrasings in two of four runs.
