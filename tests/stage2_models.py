@@ -25,7 +25,7 @@ STAGE2_NAME = "vljepa-test-sft"
 # left, in half the time a step: README). The before/after pair needs the clip's temporal order
 # (blue->red and red->blue show the same two colours): at single weight one stage-1 model's
 # stage 2 answered "red" for both on its own training clips (0.73 on train, 0.59 / 0.69 on val);
-# doubled, the same run scored 1.000 on both (README, "On CPUs").
+# doubled, the same run scored 1.000 on both (README, `--question-weights`).
 STAGE2_STEPS = int(os.environ.get("VLJEPA_TEST_SFT_STEPS", "240"))
 STAGE2_BATCH = 24  # per worker
 STAGE2_STORAGE = "train-runs"  # on the session's S3 bucket
@@ -73,7 +73,8 @@ def stage2_model(
         tracking_uri=trained_model.tracking_uri,
         experiment="vljepa-tests",
         register_name=STAGE2_NAME,
-        question_weights={"has_colour": 3, "colour_before": 2, "colour_after": 2},  # the README's
+        # the README's stage-2 flags
+        question_weights={"has_colour": 3, "colour_before": 2, "colour_after": 2},
         y_lr_mult=0.0,
     )
     t0 = time.monotonic()
