@@ -12,6 +12,7 @@ tensor conversion fails on strings); captions become padded token ids in `collat
 from __future__ import annotations
 
 import logging
+import math
 import zlib
 from collections import Counter
 
@@ -176,12 +177,14 @@ def load_splits(
     question_sampling: QuestionSampling = "balanced",
     question_weights: dict[str, int] | None = None,
     caption_mix: float = 0.0,
+    workers: int = 1,
 ):
     """(train, val) materialised Ray Datasets of one features root. With `questions`, train rows
     carry questions: "uniform", every clip once with all its questions (`AttachQuestions`), the
     collate choosing caption or question per read; "balanced", one row per (clip, question
     type), types balanced, plus `caption_mix` of caption rows spread evenly over the clips
-    (`BalancedQuestionRows`)."""
+    (`BalancedQuestionRows`). The train split is laid out in equal blocks for `workers` shards
+    (`equal_blocks`)."""
     import ray.data
 
     files = data_files(root)
@@ -215,6 +218,7 @@ def load_splits(
         train = train.materialize()
     else:
         train = train.select_columns(TRAIN_COLUMNS).materialize()
+    train = equal_blocks(train, workers)
     val = ds.filter(expr=f"split == '{val_split}'").select_columns(VAL_COLUMNS).materialize()
     for d in (train, val):  # per-epoch bars from every worker would drown the training log
         d.context.enable_progress_bars = False
@@ -362,3 +366,46 @@ def read_val(shard_or_ds, batch_size: int = 256) -> dict[str, object]:
         "labels": [labels[i] for i in order],
         "clip_ids": [clip_ids[i] for i in order],
     }
+
+
+# A train block's size cap: Ray Data's own default target block size. A worker fetches a whole
+# block at a time, so at paper scale (~16 MiB of tokens a clip) blocks must stay bounded.
+MAX_BLOCK_BYTES = 128 * 1024 * 1024
+
+
+def equal_blocks(train, workers: int, max_block_bytes: int = MAX_BLOCK_BYTES):
+    """The materialised train split as `workers x k` blocks of exactly the same row count.
+
+    Why: Ray Train shards it with `streaming_split(workers, equal=True)` and runs that split again
+    every epoch. Blocks that do not divide evenly are cut by a Ray task each epoch, and on a small
+    machine Ray keeps no idle worker process for it (its pool is capped at the CPU count, which
+    the training workers already hold): every epoch paid a fresh Python process, ~3 s on 2 cores,
+    more than two training steps of the tiny preset. Equal blocks are dealt out whole, in any
+    order, so no epoch cuts one (every share `OutputSplitter` computes is then a multiple of the
+    block size). The even split always left out the rows that do not divide across the workers;
+    here the rows that do not fill a block are left out too (the same ones every epoch, said
+    once): none at the tiny preset's sizes, fewer than a block a worker at any size.
+    """
+    n = train.count()
+    per_worker = n // max(1, workers)
+    if per_worker == 0:
+        return train  # fewer rows than workers: the run refuses them before any step
+    row_bytes = max(1, train.size_bytes() // n)
+    cap = max(1, min(per_worker, max_block_bytes // row_bytes))
+    sizes = [m.num_rows for bundle in train.iter_internal_ref_bundles() for m in bundle.metadata]
+    if len(set(sizes)) == 1 and len(sizes) % workers == 0 and sizes[0] <= cap:
+        return train
+    # The block size in [cap/2, cap] that leaves the fewest of a worker's rows out.
+    rows = min(range(max(1, cap // 2), cap + 1), key=lambda r: (per_worker % r, -r))
+    used = per_worker // rows * rows * workers
+    if used < n:
+        log.info(
+            "train split: %d of %d rows, in blocks of %d for %d workers (%d left out: an even "
+            "split of whole blocks)",
+            used,
+            n,
+            rows,
+            workers,
+            n - used,
+        )
+    return train.limit(used).repartition(target_num_rows_per_block=rows, strict=True).materialize()

@@ -128,6 +128,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         question_sampling=cfg.question_sampling,
         question_weights=cfg.question_weights,
         caption_mix=cfg.caption_mix,
+        workers=cfg.workers,
     )
     trainer = TorchTrainer(
         _train_func,
