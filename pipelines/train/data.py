@@ -12,7 +12,6 @@ tensor conversion fails on strings); captions become padded token ids in `collat
 from __future__ import annotations
 
 import logging
-import math
 import zlib
 from collections import Counter
 
