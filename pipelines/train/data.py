@@ -386,9 +386,10 @@ def equal_blocks(train, workers: int, max_block_bytes: int = MAX_BLOCK_BYTES):
     once): none at the tiny preset's sizes, fewer than a block a worker at any size.
     """
     n = train.count()
-    per_worker = n // max(1, workers)
-    if per_worker == 0:
-        return train  # fewer rows than workers: the run refuses them before any step
+    per_worker = n // workers
+    if workers == 1 or per_worker == 0:
+        # One shard takes every block whole; fewer rows than workers: the run refuses them.
+        return train
     row_bytes = max(1, train.size_bytes() // n)
     cap = max(1, min(per_worker, max_block_bytes // row_bytes))
     sizes = [m.num_rows for bundle in train.iter_internal_ref_bundles() for m in bundle.metadata]

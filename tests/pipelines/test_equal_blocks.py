@@ -97,3 +97,10 @@ def test_the_check_sees_a_cut_block(ray_session):
 def test_a_layout_already_equal_is_kept(ray_session):
     raw = _rows(64, 4)
     assert equal_blocks(raw, 2) is raw
+
+
+def test_one_worker_keeps_the_layout(ray_session):
+    """A single shard is dealt every block whole: nothing to re-lay (a repartition would only
+    cost a task and merge the blocks)."""
+    raw = _rows(417, 3)
+    assert equal_blocks(raw, 1) is raw
