@@ -53,15 +53,18 @@ def _run_config(cfg: TrainConfig, name: str):
 
 
 def _worker_env(tracking_uri: str) -> dict[str, str]:
-    """What the workers need from this process: S3 and hub settings, and the run's store (so
-    anything in a worker that reaches MLflow reaches the same one)."""
+    """What the workers need from this process: S3 and hub settings, the run's store (so
+    anything in a worker that reaches MLflow reaches the same one), and malloc's huge pages
+    (pipelines/train/malloc.py)."""
     from pipelines import tracking_store
+    from pipelines.train import malloc
 
     keep = ("AWS_", "MLFLOW_", "HF_", "VLJEPA_", "TRANSFORMERS_")
     env = {k: v for k, v in os.environ.items() if k.startswith(keep)}
     env.update(tracking_store.worker_env(tracking_uri))
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env[malloc.VAR] = malloc.worker_tunables(os.environ.get(malloc.VAR))
     return env
 
 
