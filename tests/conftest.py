@@ -16,6 +16,8 @@ Fixtures (session-scoped unless noted):
   synth_corpus     -> Path of a 40-clip, 2-stream synthetic corpus (seed 0)
   embedded_corpus, trained_model, decoded_model -> the trained-model runs (tests/trained_models.py)
   stage2_model -> the stage-2 (SFT) run started from trained_model (tests/stage2_models.py)
+                   (these four are made by a niced background subprocess started at collection,
+                   and their users run last: tests/session_models.py)
   cli              -> (function) run `vljepa ...` as a subprocess with the session env
   session_dir      -> Path of this session's scratch directory (logs under logs/)
 
@@ -50,9 +52,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import demo_fixture, kube, services
+from tests import demo_fixture, kube, services, session_models
 from tests.services import Service, free_port, free_port_block, http_ok, tcp_open, wait_until
-from tests.stage2_models import stage2_model  # noqa: F401
+from tests.stage2_models import STAGE2_STORAGE, stage2_model  # noqa: F401
 
 # The trained-model session fixtures (embedded_corpus, trained_model, decoded_model), shared by
 # tests/pipelines and tests/serve.
@@ -653,8 +655,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark tests that use the kubeconfig fixture as k8s; skip k8s tests when no server can exist;
-    run the shared demo's consumers as one group, its stopper last (tests/demo_fixture.py)."""
+    run the shared demo's consumers as one group, its stopper last (tests/demo_fixture.py); the
+    modules that use the session's trained models last (tests/session_models.py)."""
     demo_fixture.group_demo_items(items)
+    session_models.order_items(items)
     reason = _kube_unavailable_reason()
     for item in items:
         if "kubeconfig" in getattr(item, "fixturenames", ()):
@@ -686,10 +690,22 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         session.items, _get_session_dir(), lambda: _launch("mlflow_server").result().url
     )
 
+    def s3_for_stage2() -> tuple[str, dict[str, str]]:
+        server: S3Server = _launch("s3").result()
+        return server.uri(STAGE2_STORAGE), server.env
+
+    session_models.prestart(
+        session.items,
+        _get_session_dir(),
+        lambda: _launch("mlflow_server").result().url,
+        s3_for_stage2,
+    )
+
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:  # noqa: ARG001
     """Stop whatever is still running (fixtures stop their own; this catches -x and failed starts)."""
     demo_fixture.shutdown()
+    session_models.stop()
     for fut in list(_futures.values()):
         # A start still in progress must finish before it can be stopped.
         with contextlib.suppress(Exception):

@@ -41,10 +41,10 @@ class Stage2Model:
     seconds: float
 
 
-@pytest.fixture(scope="session")
-def stage2_model(
-    trained_model: TrainedModel, embedded_corpus: EmbeddedCorpus, session_dir: Path, s3
+def train_stage2(
+    trained_model: TrainedModel, embedded_corpus: EmbeddedCorpus, session_dir: Path, storage: str
 ) -> Stage2Model:
+    """The run described above, its run storage under `storage` (the session's S3 bucket)."""
     from pipelines.train import TrainConfig
     from pipelines.train.trainer import run_training
 
@@ -67,7 +67,7 @@ def stage2_model(
         fail_at_step=half,
         fail_rank=1,
         fail_marker=str(marker),
-        storage=s3.uri(STAGE2_STORAGE),
+        storage=storage,
         name="accept-sft",
         export_dir=str(session_dir / "sft-model"),  # S3 storage keeps only the MLflow copy
         tracking_uri=trained_model.tracking_uri,
@@ -87,3 +87,17 @@ def stage2_model(
         death=json.loads(marker.read_text()) if marker.exists() else {},
         seconds=time.monotonic() - t0,
     )
+
+
+@pytest.fixture(scope="session")
+def stage2_model(
+    trained_model: TrainedModel, embedded_corpus: EmbeddedCorpus, session_dir: Path, s3
+) -> Stage2Model:
+    """Waits for the session's background chain (tests/session_models.py) when one was started
+    at collection; otherwise trains here."""
+    from tests import session_models
+
+    got = session_models.wait("stage2_model")
+    if got is not None:
+        return got
+    return train_stage2(trained_model, embedded_corpus, session_dir, s3.uri(STAGE2_STORAGE))

@@ -123,9 +123,8 @@ def _embed_with_pipeline(corpus: Path, out: Path, preset: str) -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
-def embedded_corpus(session_dir: Path, ray_session: str) -> EmbeddedCorpus:  # noqa: ARG001
-    """~520 synthetic clips (>= 100 val) pre-embedded with the tiny preset, once per session."""
+def embed_corpus(session_dir: Path) -> EmbeddedCorpus:
+    """~520 synthetic clips (>= 100 val) pre-embedded with the tiny preset."""
     import pyarrow.parquet as pq
 
     from pipelines.synth import SynthConfig, generate
@@ -165,9 +164,8 @@ class TrainedModel:
     seconds: float
 
 
-@pytest.fixture(scope="session")
-def trained_model(
-    embedded_corpus: EmbeddedCorpus, mlflow_server, session_dir: Path
+def train_stage1(
+    embedded_corpus: EmbeddedCorpus, tracking_uri: str, session_dir: Path
 ) -> TrainedModel:
     """The acceptance run: tiny preset, 2 CPU workers (FSDP2 over gloo), tracked on the real
     MLflow server and registered; shared by the train and eval tests."""
@@ -186,28 +184,26 @@ def trained_model(
         checkpoint_every=40,
         storage=str(session_dir / "train_runs"),
         name="accept",
-        tracking_uri=mlflow_server.url,
+        tracking_uri=tracking_uri,
         experiment="vljepa-tests",
         register_name=REGISTER_NAME,
     )
     t0 = time.monotonic()
     result = run_training(cfg)
     return TrainedModel(
-        cfg=cfg, result=result, tracking_uri=mlflow_server.url, seconds=time.monotonic() - t0
+        cfg=cfg, result=result, tracking_uri=tracking_uri, seconds=time.monotonic() - t0
     )
 
 
-@pytest.fixture(scope="session")
-def decoded_model(
-    trained_model: TrainedModel, embedded_corpus: EmbeddedCorpus, tmp_path_factory
-) -> dict:
+def train_decoder(trained_model: TrainedModel, embedded_corpus: EmbeddedCorpus, cwd: Path) -> dict:
     """`vljepa train-decoder` on the acceptance run's model: the Y-decoder trained through the
     trained Y-encoder, registered as a new version of REGISTER_NAME; its JSON summary
     (model_version, run_id, exact_match, ...)."""
     from tests.conftest import cli_runner
     from tests.helpers import cli_json
 
-    run = cli_runner(tmp_path_factory.mktemp("train-decoder"))
+    cwd.mkdir(parents=True, exist_ok=True)
+    run = cli_runner(cwd)
     out = run(
         "train-decoder",
         "--model",
@@ -226,3 +222,38 @@ def decoded_model(
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return cli_json(out.stdout)
+
+
+# --------------------------------------------------------------------------- fixtures
+# Each waits for the session's background chain (tests/session_models.py) when one was started
+# at collection, and otherwise runs its stage here, in the test process.
+
+
+@pytest.fixture(scope="session")
+def embedded_corpus(session_dir: Path, ray_session: str) -> EmbeddedCorpus:  # noqa: ARG001
+    from tests import session_models
+
+    got = session_models.wait("embedded_corpus")
+    return got if got is not None else embed_corpus(session_dir)
+
+
+@pytest.fixture(scope="session")
+def trained_model(
+    embedded_corpus: EmbeddedCorpus, mlflow_server, session_dir: Path
+) -> TrainedModel:
+    from tests import session_models
+
+    got = session_models.wait("trained_model")
+    return got if got is not None else train_stage1(embedded_corpus, mlflow_server.url, session_dir)
+
+
+@pytest.fixture(scope="session")
+def decoded_model(
+    trained_model: TrainedModel, embedded_corpus: EmbeddedCorpus, tmp_path_factory
+) -> dict:
+    from tests import session_models
+
+    got = session_models.wait("decoded_model")
+    if got is not None:
+        return got
+    return train_decoder(trained_model, embedded_corpus, tmp_path_factory.mktemp("train-decoder"))

@@ -1,0 +1,273 @@
+"""The session's trained models, made in the background at low CPU priority.
+
+`embedded_corpus` -> `trained_model` -> `decoded_model` / `stage2_model` (tests/trained_models.py,
+tests/stage2_models.py) are one chain of ~8 CPU-bound minutes on 2 cores, while the rest of the
+suite leaves about a fifth of those cores idle (tests waiting on subprocesses, servers, HTTP).
+So at collection (`prestart`, from tests/conftest.py), when a selected test needs any of them,
+the chain starts as a subprocess under `nice`: it runs on the cycles the tests leave, not on
+theirs, and the tests that use its results run last (`order_items`), which gives it the most
+time. A fixture then `wait`s for its stage, which is usually done; while a fixture waits, the
+machine is the chain's.
+
+The subprocess (`python -m tests.session_models`) runs the same functions the fixtures run in the
+test process when nothing was prestarted (VLJEPA_TEST_PRESTART=0, or a stage no selected test
+needed), with the same configs: on its own embedded local Ray (a niced cluster cannot be the
+session's, whose workers the raylet starts at normal priority), tracking into the session's
+MLflow server, stage-2 storage on the session's S3. Each stage's result comes back as JSON on
+disk, announced by a line on its stdout; its whole output is logs/session-models.log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("embedded_corpus", "trained_model", "decoded_model", "stage2_model")
+NEEDS = {  # a stage and every stage it is made from
+    "embedded_corpus": ("embedded_corpus",),
+    "trained_model": ("embedded_corpus", "trained_model"),
+    "decoded_model": ("embedded_corpus", "trained_model", "decoded_model"),
+    "stage2_model": ("embedded_corpus", "trained_model", "stage2_model"),
+}
+# Low enough that a busy test keeps ~90% of a core it competes for, high enough that the chain's
+# Ray (raylet, GCS) still answers its own health checks in time.
+NICE = 10
+EVENT = "VLJEPA_CHAIN "
+TIMEOUT_S = float(os.environ.get("VLJEPA_CHAIN_TIMEOUT_S", "3600"))
+# A niced cluster starts its workers more slowly while the tests are busy: give Ray Train longer
+# than its 60 s default to bring a worker group up.
+_PATIENT_RAY = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}
+
+
+# --------------------------------------------------------------------------- results as JSON
+
+
+def _dump(name: str, obj) -> dict:
+    if name == "decoded_model":
+        return obj
+    d = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if name == "embedded_corpus":
+        return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+    d["cfg"] = obj.cfg.model_dump(mode="json")
+    d["result"] = dataclasses.asdict(obj.result)
+    return d
+
+
+def _load(name: str, d: dict):
+    from pipelines.train import TrainConfig
+    from pipelines.train.trainer import TrainResult
+    from tests.stage2_models import Stage2Model
+    from tests.trained_models import EmbeddedCorpus, TrainedModel
+
+    if name == "decoded_model":
+        return d
+    if name == "embedded_corpus":
+        return EmbeddedCorpus(**{**d, "corpus": Path(d["corpus"]), "features": Path(d["features"])})
+    d = {**d, "cfg": TrainConfig.model_validate(d["cfg"]), "result": TrainResult(**d["result"])}
+    return (TrainedModel if name == "trained_model" else Stage2Model)(**d)
+
+
+# --------------------------------------------------------------------------- the test side
+
+
+@dataclasses.dataclass
+class _Chain:
+    proc: subprocess.Popen
+    stages: tuple[str, ...]
+    out: Path
+    log: Path
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    tail: collections.deque = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=120)
+    )
+    events: dict[str, threading.Event] = dataclasses.field(default_factory=dict)
+    ended: threading.Event = dataclasses.field(default_factory=threading.Event)
+    reader: threading.Thread | None = None
+
+    def read(self) -> None:
+        assert self.proc.stdout is not None
+        with self.log.open("a") as log:
+            for line in self.proc.stdout:
+                log.write(line)
+                log.flush()
+                self.tail.append(line.rstrip("\n"))
+                if line.startswith(EVENT):
+                    name = line[len(EVENT) :].strip()
+                    if name in self.events:
+                        self.events[name].set()
+        self.proc.wait()
+        self.ended.set()
+        for ev in self.events.values():  # wake every waiter; they tell done from ended
+            ev.set()
+
+
+_LAUNCH: Future | None = None
+_FAILED: dict[str, str] = {}
+
+
+def _wanted(items: list[pytest.Item]) -> tuple[str, ...]:
+    """The chain's stages some selected, not skipped, test needs (in chain order)."""
+    want: set[str] = set()
+    for item in items:
+        if item.get_closest_marker("skip"):
+            continue
+        for name in set(getattr(item, "fixturenames", ())) & set(STAGES):
+            want.update(NEEDS[name])
+    return tuple(s for s in STAGES if s in want)
+
+
+def order_items(items: list[pytest.Item]) -> None:
+    """Reorder in place: modules that use the chain's models run last, by the deepest stage any
+    of their tests use (so the chain has the whole session before its first consumer); each
+    module stays whole and in its place relative to the others of its kind."""
+
+    def depth(item: pytest.Item) -> int:
+        names = set(getattr(item, "fixturenames", ()))
+        return max((STAGES.index(n) + 1 for n in names & set(STAGES)), default=0)
+
+    module_depth: dict[str, int] = {}
+    for item in items:
+        key = item.nodeid.split("::", 1)[0]
+        module_depth[key] = max(module_depth.get(key, 0), depth(item))
+    items.sort(key=lambda item: module_depth[item.nodeid.split("::", 1)[0]])  # stable
+
+
+def prestart(
+    items: list[pytest.Item],
+    root: Path,
+    tracking_uri: Callable[[], str],
+    s3: Callable[[], tuple[str, dict[str, str]]],
+) -> None:
+    """At collection: start the chain for the stages the selected tests need, in the background.
+
+    `tracking_uri` blocks until the session's MLflow server is up; `s3` until its S3 server is
+    (the stage-2 storage URI and the AWS_* settings), asked only when stage 2 is wanted."""
+    global _LAUNCH
+    stages = _wanted(items)
+    if _LAUNCH is not None or not stages:
+        return
+
+    def launch() -> _Chain:
+        out = root / "session-models"
+        out.mkdir(exist_ok=True)
+        cmd = ["nice", "-n", str(NICE), sys.executable, "-m", "tests.session_models"]
+        cmd += ["--dir", str(root), "--tracking-uri", tracking_uri(), "--stages", ",".join(stages)]
+        env = {**os.environ, **_PATIENT_RAY}
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+        env.pop("RAY_ADDRESS", None)  # its own local Ray (see the module docstring)
+        if "stage2_model" in stages:
+            storage, s3_env = s3()
+            cmd += ["--stage2-storage", storage]
+            env.update(s3_env)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=str(out),
+            start_new_session=True,  # stopped as a group, its Ray included
+        )
+        chain = _Chain(proc, stages, out, root / "logs" / "session-models.log")
+        chain.events = {s: threading.Event() for s in stages}
+        chain.reader = threading.Thread(target=chain.read, daemon=True, name="session-models")
+        chain.reader.start()
+        return chain
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="session-models")
+    _LAUNCH = pool.submit(launch)
+    pool.shutdown(wait=False)
+
+
+def wait(name: str):
+    """The stage's result from the background chain; None when the chain does not make it (the
+    fixture then makes it itself). Fails with the chain's last lines if the chain failed."""
+    if name in _FAILED:
+        pytest.fail(f"the session's {name} could not be made (see above): {_FAILED[name]}")
+    if _LAUNCH is None:
+        return None
+    chain = _LAUNCH.result()
+    if name not in chain.stages:
+        return None
+    remaining = chain.started + TIMEOUT_S - time.monotonic()
+    done = chain.events[name].wait(timeout=max(0.0, remaining))
+    result = chain.out / f"{name}.json"
+    if done and result.exists():
+        return _load(name, json.loads(result.read_text()))
+    if not done:
+        stop()
+        why = f"not done after {TIMEOUT_S:.0f} s"
+    else:
+        why = f"the chain exited {chain.proc.returncode} without it"
+    _FAILED[name] = why
+    tail = "\n".join(chain.tail)
+    raise AssertionError(f"session models: {name} {why} ({chain.log}):\n{tail}")
+
+
+def stop(timeout_s: float = 60) -> None:
+    """Stop the chain (and its Ray) if it still runs: at the session's end, or on a timeout."""
+    if _LAUNCH is None or not _LAUNCH.done() or _LAUNCH.exception() is not None:
+        return
+    chain = _LAUNCH.result()
+    if chain.proc.poll() is None:
+        os.killpg(chain.proc.pid, signal.SIGTERM)
+        try:
+            chain.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(chain.proc.pid, signal.SIGKILL)
+            chain.proc.wait(timeout=30)
+    if chain.reader is not None:
+        chain.reader.join(timeout=10)
+
+
+# --------------------------------------------------------------------------- the chain itself
+
+
+def _emit(out: Path, name: str, obj) -> None:
+    tmp = out / f".{name}.json"
+    tmp.write_text(json.dumps(_dump(name, obj)))
+    tmp.rename(out / f"{name}.json")
+    print(f"{EVENT}{name}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Make the session's trained models (see docstring).")
+    ap.add_argument("--dir", type=Path, required=True, help="the pytest session's directory")
+    ap.add_argument("--tracking-uri", required=True)
+    ap.add_argument("--stages", required=True, help=f"comma-separated, of {', '.join(STAGES)}")
+    ap.add_argument("--stage2-storage", help="run storage of the stage-2 run (s3://...)")
+    args = ap.parse_args()
+    stages = args.stages.split(",")
+    out = args.dir / "session-models"
+
+    from tests.stage2_models import train_stage2
+    from tests.trained_models import embed_corpus, train_decoder, train_stage1
+
+    embedded = embed_corpus(args.dir)
+    _emit(out, "embedded_corpus", embedded)
+    if "trained_model" not in stages:
+        return
+    trained = train_stage1(embedded, args.tracking_uri, args.dir)
+    _emit(out, "trained_model", trained)
+    if "decoded_model" in stages:
+        _emit(out, "decoded_model", train_decoder(trained, embedded, args.dir / "train-decoder"))
+    if "stage2_model" in stages:
+        _emit(out, "stage2_model", train_stage2(trained, embedded, args.dir, args.stage2_storage))
+
+
+if __name__ == "__main__":
+    main()
