@@ -16,7 +16,7 @@ Fixtures (session-scoped unless noted):
   synth_corpus     -> Path of a 40-clip, 2-stream synthetic corpus (seed 0)
   embedded_corpus, trained_model, decoded_model -> the trained-model runs (tests/trained_models.py)
   stage2_model -> the stage-2 (SFT) run started from trained_model (tests/stage2_models.py)
-                   (these four are made by a niced background subprocess started at collection,
+                   (these four are made by an idle-priority background subprocess started at collection,
                    and their users run last: tests/session_models.py)
   cli              -> (function) run `vljepa ...` as a subprocess with the session env
   session_dir      -> Path of this session's scratch directory (logs under logs/)

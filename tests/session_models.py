@@ -4,15 +4,15 @@
 tests/stage2_models.py) are one chain of ~8 CPU-bound minutes on 2 cores, while the rest of the
 suite leaves about a fifth of those cores idle (tests waiting on subprocesses, servers, HTTP).
 So at collection (`prestart`, from tests/conftest.py), when a selected test needs any of them,
-the chain starts as a subprocess under `nice`: it runs on the cycles the tests leave, not on
-theirs, and the tests that use its results run last (`order_items`), which gives it the most
+the chain starts as a subprocess at idle CPU priority (SCHED_IDLE): it runs on the cycles the
+tests leave, not on theirs, and the tests that use its results run last (`order_items`), which gives it the most
 time. A fixture then `wait`s for its stage, which is usually done; while a fixture waits, the
 machine is the chain's.
 
 The subprocess (`python -m tests.session_models`) runs the same functions the fixtures run in the
 test process when nothing was prestarted (VLJEPA_TEST_PRESTART=0, or a stage no selected test
-needed), with the same configs: on its own embedded local Ray (a niced cluster cannot be the
-session's, whose workers the raylet starts at normal priority), tracking into the session's
+needed), with the same configs: on its own embedded local Ray (an idle-priority cluster cannot be
+the session's, whose workers its raylet starts at normal priority), tracking into the session's
 MLflow server, stage-2 storage on the session's S3. Each stage's result comes back as JSON on
 disk, announced by a line on its stdout; its whole output is logs/session-models.log.
 """
@@ -23,7 +23,9 @@ import argparse
 import collections
 import dataclasses
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,12 +45,15 @@ NEEDS = {  # a stage and every stage it is made from
     "decoded_model": ("embedded_corpus", "trained_model", "decoded_model"),
     "stage2_model": ("embedded_corpus", "trained_model", "stage2_model"),
 }
-# Low enough that a busy test keeps ~90% of a core it competes for, high enough that the chain's
-# Ray (raylet, GCS) still answers its own health checks in time.
-NICE = 10
+# SCHED_IDLE: a task that runs only on a core nothing else wants, preempted by any waking test;
+# every process the chain starts (its Ray, the workers) inherits the policy. Its session's
+# autogroup is lowered too (`_lowest_autogroup`): without that, the chain in its own session
+# slowed the in-process multi-threaded torch test (tests/jepa/test_learning.py) from 36 s to
+# 267 s, niced or not.
+PRIORITY = ["chrt", "--idle", "0"] if shutil.which("chrt") else ["nice", "-n", "19"]
 EVENT = "VLJEPA_CHAIN "
 TIMEOUT_S = float(os.environ.get("VLJEPA_CHAIN_TIMEOUT_S", "3600"))
-# A niced cluster starts its workers more slowly while the tests are busy: give Ray Train longer
+# An idle-priority cluster starts its workers more slowly while the tests are busy: give Ray Train longer
 # than its 60 s default to bring a worker group up.
 _PATIENT_RAY = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}
 
@@ -116,7 +121,7 @@ class _Chain:
 
 
 _LAUNCH: Future | None = None
-_FAILED: dict[str, str] = {}
+log = logging.getLogger(__name__)
 
 
 def _wanted(items: list[pytest.Item]) -> tuple[str, ...]:
@@ -164,7 +169,7 @@ def prestart(
     def launch() -> _Chain:
         out = root / "session-models"
         out.mkdir(exist_ok=True)
-        cmd = ["nice", "-n", str(NICE), sys.executable, "-m", "tests.session_models"]
+        cmd = [*PRIORITY, sys.executable, "-m", "tests.session_models"]
         cmd += ["--dir", str(root), "--tracking-uri", tracking_uri(), "--stages", ",".join(stages)]
         env = {**os.environ, **_PATIENT_RAY}
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
@@ -182,6 +187,7 @@ def prestart(
             cwd=str(out),
             start_new_session=True,  # stopped as a group, its Ray included
         )
+        _lowest_autogroup(proc.pid)
         chain = _Chain(proc, stages, out, root / "logs" / "session-models.log")
         chain.events = {s: threading.Event() for s in stages}
         chain.reader = threading.Thread(target=chain.read, daemon=True, name="session-models")
@@ -193,11 +199,22 @@ def prestart(
     pool.shutdown(wait=False)
 
 
+def _lowest_autogroup(pid: int) -> None:
+    """With the kernel's autogroups (CONFIG_SCHED_AUTOGROUP, on in most distributions' kernels and
+    on this machine's), CPU is shared between sessions first and only then by priority within
+    one: the chain's own session, as a group, took half a core that the tests wanted whatever
+    its tasks' policy. Its group gets the lowest weight too (nice 19: 15 against the tests'
+    1024). Without autogroups there is nothing to do: SCHED_IDLE alone holds."""
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text("19")
+    except OSError as e:
+        log.info("session models: autogroup of %d left as is (%s)", pid, e)
+
+
 def wait(name: str):
-    """The stage's result from the background chain; None when the chain does not make it (the
-    fixture then makes it itself). Fails with the chain's last lines if the chain failed."""
-    if name in _FAILED:
-        pytest.fail(f"the session's {name} could not be made (see above): {_FAILED[name]}")
+    """The stage's result from the background chain; None when the chain does not make it: it
+    was not started for this stage, or it failed or timed out (its last lines are logged), and
+    the fixture then makes the stage itself, in the test process, where a real failure shows."""
     if _LAUNCH is None:
         return None
     chain = _LAUNCH.result()
@@ -210,12 +227,18 @@ def wait(name: str):
         return _load(name, json.loads(result.read_text()))
     if not done:
         stop()
-        why = f"not done after {TIMEOUT_S:.0f} s"
+        why = f"was not done after {TIMEOUT_S:.0f} s"
     else:
-        why = f"the chain exited {chain.proc.returncode} without it"
-    _FAILED[name] = why
+        why = f"was not made: the chain exited {chain.proc.returncode}"
     tail = "\n".join(chain.tail)
-    raise AssertionError(f"session models: {name} {why} ({chain.log}):\n{tail}")
+    log.warning(
+        "session models: %s %s (%s); making it here. Its last lines:\n%s",
+        name,
+        why,
+        chain.log,
+        tail,
+    )
+    return None
 
 
 def stop(timeout_s: float = 60) -> None:
