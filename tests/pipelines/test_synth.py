@@ -324,6 +324,10 @@ def test_unwritable_output_exit_2_and_nothing_written(tmp_path: Path) -> None:
     assert blocker.read_text() == "not a directory"
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interrupted_overwrite_leaves_no_success(tmp_path: Path) -> None:
     """An existing corpus is refused without --overwrite; an interrupted overwrite never looks
     complete, and a rerun then reports the corpus as incomplete."""
@@ -339,6 +343,9 @@ def test_interrupted_overwrite_leaves_no_success(tmp_path: Path) -> None:
          "--streams", "0", "--workers", "1", "--overwrite"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        # Ctrl-C as at a terminal: a suite started in the background (`make test &`) ignores
+        # SIGINT, and its children would inherit that and never see the signal.
+        preexec_fn=_default_sigint,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
