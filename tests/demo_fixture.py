@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import free_port
+from tests.services import free_port, start_with_own_ray
 
 REPO = Path(__file__).resolve().parents[1]
 # Small enough for the suite (< 4 minutes on 2 busy cores), big enough that every class has a
@@ -117,22 +117,9 @@ def _launch(root: Path, tracking_uri: str) -> DemoRun:
     for k, v in SIZES.items():
         cmd += [f"--{k}", str(v)]
     cmd += ["--serve-seconds", "1800", "--no-progress"]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
     # The README's first command: its own local Ray, not the session's cluster (whose Serve the
-    # tests in tests/serve restart while the demo serves).
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=str(root),
-        start_new_session=True,  # our SIGTERM goes to the demo, not to pytest's terminal group
-    )
+    # tests in tests/serve restart while the demo serves); our SIGTERM goes to the demo only.
+    proc = start_with_own_ray(cmd, root, REPO)
     run = DemoRun(out=out, port=port, tracking_uri=tracking_uri, proc=proc)
 
     def read() -> None:

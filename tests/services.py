@@ -161,6 +161,27 @@ def start(
     return Service(name=name, popen=popen, log_path=log_path)
 
 
+def start_with_own_ray(
+    cmd: Sequence[str], cwd: Path | str, repo: Path, extra_env: Mapping[str, str] | None = None
+) -> subprocess.Popen:
+    """A long-lived `vljepa`-side process (the shared demo, the session's models) that starts
+    its own local Ray, never the session's (RAY_ADDRESS dropped), with this checkout importable.
+    It runs in a session of its own, so a signal to its group reaches it and the Ray it started,
+    and nothing else; its stdout and stderr come back as one text stream."""
+    env = {**os.environ, **(extra_env or {})}
+    env["PYTHONPATH"] = os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen(
+        list(cmd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=str(cwd),
+        start_new_session=True,
+    )
+
+
 def wait_until(
     service: Service,
     ready: Callable[[], bool],

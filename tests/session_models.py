@@ -37,6 +37,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.services import start_with_own_ray
+
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("embedded_corpus", "trained_model", "decoded_model", "stage2_model")
 NEEDS = {  # a stage and every stage it is made from
@@ -171,22 +173,13 @@ def prestart(
         out.mkdir(exist_ok=True)
         cmd = [*PRIORITY, sys.executable, "-m", "tests.session_models"]
         cmd += ["--dir", str(root), "--tracking-uri", tracking_uri(), "--stages", ",".join(stages)]
-        env = {**os.environ, **_PATIENT_RAY}
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-        env.pop("RAY_ADDRESS", None)  # its own local Ray (see the module docstring)
+        env = dict(_PATIENT_RAY)
         if "stage2_model" in stages:
             storage, s3_env = s3()
             cmd += ["--stage2-storage", storage]
             env.update(s3_env)
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            cwd=str(out),
-            start_new_session=True,  # stopped as a group, its Ray included
-        )
+        # its own local Ray (see the module docstring), stopped as a group with it
+        proc = start_with_own_ray(cmd, out, REPO, env)
         _lowest_autogroup(proc.pid)
         chain = _Chain(proc, stages, out, root / "logs" / "session-models.log")
         chain.events = {s: threading.Event() for s in stages}
