@@ -22,7 +22,7 @@ class _Item:
 
 def test_stages_needed_include_what_they_are_made_from():
     items = [_Item("a.py::t", ("stage2_model",)), _Item("b.py::t", ("tmp_path",))]
-    assert session_models._wanted(items) == ("embedded_corpus", "trained_model", "stage2_model")
+    assert session_models._wanted(items) == ("embedded_corpus", "trained_model")
     assert session_models._wanted([_Item("b.py::t", ("tmp_path",))]) == ()
     skipped = _Item("c.py::t", ("decoded_model",), {"skip": object()})
     assert session_models._wanted([skipped, _Item("d.py::t", ("embedded_corpus",))]) == (
