@@ -16,8 +16,8 @@ Fixtures (session-scoped unless noted):
   synth_corpus     -> Path of a 40-clip, 2-stream synthetic corpus (seed 0)
   embedded_corpus, trained_model, decoded_model -> the trained-model runs (tests/trained_models.py)
   stage2_model -> the stage-2 (SFT) run started from trained_model (tests/stage2_models.py)
-                   (these four are made by an idle-priority background subprocess started at collection,
-                   and their users run last: tests/session_models.py)
+                   (all but stage2_model are made by an idle-priority background subprocess
+                   started at collection, and their users run last: tests/session_models.py)
   cli              -> (function) run `vljepa ...` as a subprocess with the session env
   session_dir      -> Path of this session's scratch directory (logs under logs/)
 
@@ -54,7 +54,7 @@ import pytest
 
 from tests import demo_fixture, kube, services, session_models
 from tests.services import Service, free_port, free_port_block, http_ok, tcp_open, wait_until
-from tests.stage2_models import STAGE2_STORAGE, stage2_model  # noqa: F401
+from tests.stage2_models import stage2_model  # noqa: F401
 
 # The trained-model session fixtures (embedded_corpus, trained_model, decoded_model), shared by
 # tests/pipelines and tests/serve.
@@ -689,16 +689,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     demo_fixture.prestart(
         session.items, _get_session_dir(), lambda: _launch("mlflow_server").result().url
     )
-
-    def s3_for_stage2() -> tuple[str, dict[str, str]]:
-        server: S3Server = _launch("s3").result()
-        return server.uri(STAGE2_STORAGE), server.env
-
     session_models.prestart(
-        session.items,
-        _get_session_dir(),
-        lambda: _launch("mlflow_server").result().url,
-        s3_for_stage2,
+        session.items, _get_session_dir(), lambda: _launch("mlflow_server").result().url
     )
 
 

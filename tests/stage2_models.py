@@ -93,11 +93,5 @@ def train_stage2(
 def stage2_model(
     trained_model: TrainedModel, embedded_corpus: EmbeddedCorpus, session_dir: Path, s3
 ) -> Stage2Model:
-    """Waits for the session's background chain (tests/session_models.py) when one was started
-    at collection; otherwise trains here."""
-    from tests import session_models
-
-    got = session_models.wait("stage2_model")
-    if got is not None:
-        return got
+    """Trained here, in the test process (not in tests/session_models.py's chain: see there)."""
     return train_stage2(trained_model, embedded_corpus, session_dir, s3.uri(STAGE2_STORAGE))

@@ -20,42 +20,49 @@ class _Item:
         return self.markers.get(name)
 
 
+# What pytest puts in an item's fixturenames: every fixture it needs, through other fixtures too.
+EMBEDDED = ("embedded_corpus", "ray_session")
+TRAINED = ("trained_model", *EMBEDDED, "mlflow_server")
+DECODED = ("decoded_model", *TRAINED)
+STAGE2 = ("stage2_model", *TRAINED, "s3")  # made in the test process, from the chain's stage 1
+
+
 def test_stages_needed_include_what_they_are_made_from():
-    items = [_Item("a.py::t", ("stage2_model",)), _Item("b.py::t", ("tmp_path",))]
+    items = [_Item("a.py::t", STAGE2), _Item("b.py::t", ("tmp_path",))]
     assert session_models._wanted(items) == ("embedded_corpus", "trained_model")
     assert session_models._wanted([_Item("b.py::t", ("tmp_path",))]) == ()
-    skipped = _Item("c.py::t", ("decoded_model",), {"skip": object()})
-    assert session_models._wanted([skipped, _Item("d.py::t", ("embedded_corpus",))]) == (
-        "embedded_corpus",
-    )
+    assert session_models._wanted([_Item("c.py::t", DECODED)]) == session_models.STAGES
+    skipped = _Item("c.py::t", DECODED, {"skip": object()})
+    assert session_models._wanted([skipped, _Item("d.py::t", EMBEDDED)]) == ("embedded_corpus",)
 
 
 def test_users_run_last_by_depth_with_modules_kept_whole():
     items = [
-        _Item("s2.py::a", ("stage2_model",)),
-        _Item("plain1.py::a"),
-        _Item("train.py::bad_args", ("embedded_corpus",)),  # its module also trains: moves whole
-        _Item("train.py::learns", ("trained_model",)),
-        _Item("feat.py::a", ("embedded_corpus",)),
-        _Item("plain2.py::a"),
+        _Item("dec.py::a", DECODED),
+        _Item("s2.py::a", STAGE2),
         _Item("s2.py::b"),
+        _Item("plain1.py::a"),
+        _Item("train.py::bad_args", EMBEDDED),  # its module also trains: moves whole
+        _Item("train.py::learns", TRAINED),
+        _Item("feat.py::a", EMBEDDED),
+        _Item("plain2.py::a"),
     ]
     session_models.order_items(items)
     assert [i.nodeid for i in items] == [
         "plain1.py::a",
         "plain2.py::a",
         "feat.py::a",
-        "train.py::bad_args",
-        "train.py::learns",
         "s2.py::a",
         "s2.py::b",
+        "train.py::bad_args",
+        "train.py::learns",
+        "dec.py::a",
     ]
 
 
 def test_results_come_back_from_json_whole(tmp_path: Path):
     from pipelines.train import TrainConfig
     from pipelines.train.trainer import TrainResult
-    from tests.stage2_models import Stage2Model
     from tests.trained_models import EmbeddedCorpus, TrainedModel
 
     embedded = EmbeddedCorpus(tmp_path / "c", tmp_path / "f", "tiny", 416, 104, 1.5)
@@ -73,12 +80,10 @@ def test_results_come_back_from_json_whole(tmp_path: Path):
         tracking_uri="http://127.0.0.1:1",
     )
     result = TrainResult("run", "ckpt", "export", "2", {"val/x": 0.5}, {"step": 240}, "store")
-    stage2 = Stage2Model(cfg, result, "models:/m/1", "models:/s/2", {"rank": 1}, 9.0)
     trained = TrainedModel(cfg, result, "http://127.0.0.1:1", 3.0)
     for name, obj in [
         ("embedded_corpus", embedded),
         ("trained_model", trained),
-        ("stage2_model", stage2),
         ("decoded_model", {"model_version": "3"}),
     ]:
         session_models._emit(tmp_path, name, obj)
