@@ -41,17 +41,29 @@ class Stage2Model:
     seconds: float
 
 
-def train_stage2(
-    trained_model: TrainedModel, embedded_corpus: EmbeddedCorpus, session_dir: Path, storage: str
-) -> Stage2Model:
-    """The run described above, its run storage under `storage` (the session's S3 bucket)."""
+def stage2_config(
+    init: str,
+    embedded_corpus: EmbeddedCorpus,
+    session_dir: Path,
+    storage: str,
+    tracking_uri: str,
+    *,
+    seed: int = 0,
+    kill: bool = True,
+    name: str = "accept-sft",
+    register_name: str = STAGE2_NAME,
+):
+    """The suite's stage-2 TrainConfig (also benchmarks/stage2_spread.py's, across seeds): rank 1
+    killed at the half-way checkpoint unless `kill` is False."""
     from pipelines.train import TrainConfig
-    from pipelines.train.trainer import run_training
 
-    init = f"models:/{REGISTER_NAME}/{trained_model.result.model_version}"
-    marker = session_dir / "sft-failed-once"
     half = STAGE2_STEPS // 2
-    cfg = TrainConfig(
+    failure = {
+        "fail_at_step": half,
+        "fail_rank": 1,
+        "fail_marker": str(session_dir / "sft-failed-once"),
+    }
+    return TrainConfig(
         data=str(embedded_corpus.features),
         stage="sft",
         init=init,
@@ -64,19 +76,29 @@ def train_stage2(
         val_every=STAGE2_STEPS,  # the side-by-side eval scores it again
         checkpoint_every=half,
         max_failures=1,
-        fail_at_step=half,
-        fail_rank=1,
-        fail_marker=str(marker),
+        **(failure if kill else {}),
         storage=storage,
-        name="accept-sft",
+        name=name,
         export_dir=str(session_dir / "sft-model"),  # S3 storage keeps only the MLflow copy
-        tracking_uri=trained_model.tracking_uri,
+        tracking_uri=tracking_uri,
         experiment="vljepa-tests",
-        register_name=STAGE2_NAME,
+        register_name=register_name,
+        seed=seed,
         # the README's stage-2 flags
         question_weights={"has_colour": 3, "colour_before": 2, "colour_after": 2},
         y_lr_mult=0.0,
     )
+
+
+def train_stage2(
+    trained_model: TrainedModel, embedded_corpus: EmbeddedCorpus, session_dir: Path, storage: str
+) -> Stage2Model:
+    """The run described above, its run storage under `storage` (the session's S3 bucket)."""
+    from pipelines.train.trainer import run_training
+
+    init = f"models:/{REGISTER_NAME}/{trained_model.result.model_version}"
+    marker = session_dir / "sft-failed-once"
+    cfg = stage2_config(init, embedded_corpus, session_dir, storage, trained_model.tracking_uri)
     t0 = time.monotonic()
     result = run_training(cfg)
     return Stage2Model(
