@@ -1,8 +1,9 @@
 """Question-answer pairs from each clip's ground truth (stage-2 data for query-conditioned VL-JEPA).
 
-Every question type has a CLOSED candidate set (yes/no, or at least 4 answers) and 14
-word-different paraphrase templates. The train split asks only with `TRAIN_TEMPLATES` (12 of
-them), the val split only with `VAL_TEMPLATES` (the other 2), so val measures held-out paraphrases.
+Every question type has a CLOSED candidate set (yes/no, or at least 4 answers) and 26
+word-different paraphrase templates. The train split asks only with `TRAIN_TEMPLATES` (22 of
+them), the val split only with `VAL_TEMPLATES` (the other 4), so val measures held-out paraphrases:
+new sentences, each of whose tokens some train phrasing of the type uses.
 Answers are short canonical strings drawn from the type's candidates.
 
 | type | asked of | candidates |
@@ -66,6 +67,18 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "the round object has which hue?",
             "what shade is the disc?",
             "identify the colour of the orb",
+            "what is the colour of the circle?",
+            "which shade does the orb have?",
+            "what hue is the ball?",
+            "name the colour of the sphere",
+            "which tint does the round object have?",
+            "the circle is painted what colour?",
+            "tell me which hue the disc shows",
+            "what is the shade of the ball?",
+            "which colour is this round object painted?",
+            "the orb is what colour?",
+            "what colour of paint is on the sphere?",
+            "in the video, which hue is the orb?",
         ),
     ),
     "action": (
@@ -85,6 +98,18 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "what is the sphere's behaviour over the clip?",
             "how does the ball change during the clip?",
             "what action does the round object take?",
+            "what does the ball do during the video?",
+            "what is the behaviour of the circle?",
+            "what is the ball doing in this clip?",
+            "how does the orb behave?",
+            "what happens to the circle over time?",
+            "describe the action of the sphere",
+            "which change happens to the disc?",
+            "tell me how the round object acts",
+            "what event does the ball undergo?",
+            "what is happening to the orb in the video?",
+            "how does the sphere act in the video?",
+            "what does this round object do over the clip?",
         ),
     ),
     "direction": (
@@ -104,6 +129,18 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "where does the disc move?",
             "which way is the round object drifting?",
             "tell me the direction the orb heads in",
+            "which way does the circle travel?",
+            "in which direction is the orb moving?",
+            "which side does the ball drift toward?",
+            "where is the circle going?",
+            "the round object moves in which direction?",
+            "tell me which way the disc travels",
+            "to which edge does the ball go?",
+            "which direction does the orb drift?",
+            "where does the sphere head?",
+            "the circle heads toward which side?",
+            "the circle drifts toward which side?",
+            "which edge does the orb move to?",
         ),
     ),
     "dark_at_end": (
@@ -123,6 +160,18 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "is everything dark in the closing frame?",
             "when the clip stops, is the room without light?",
             "has the light gone out by the final moment?",
+            "is the room without light in the last frame?",
+            "does the video end with the room dark?",
+            "are the lights off when the video ends?",
+            "is the scene dim at the end of the clip?",
+            "does darkness fall by the end?",
+            "in the last moment, is the room dark?",
+            "does the clip finish with the lights out?",
+            "is the final frame dark?",
+            "by the finish, is everything without light?",
+            "does the room go dark by the end of the video?",
+            "is the room dim when the clip ends?",
+            "by the closing frame, has the room gone dark?",
         ),
     ),
     "colour_before": (
@@ -142,6 +191,18 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "what hue does the disc begin with?",
             "tell me the round object's starting colour",
             "initially, what shade is the ball?",
+            "which colour is the sphere at the start?",
+            "before the change, what hue does the ball have?",
+            "what tint did the ball have at first?",
+            "which shade is the circle at the beginning?",
+            "what colour does the orb start with?",
+            "tell me the disc's first hue",
+            "originally, which colour is the sphere?",
+            "what was the ball's colour before the change?",
+            "the round object starts out which colour?",
+            "at the beginning, what tint is the circle?",
+            "which hue does the ball have when the clip starts?",
+            "in the first frame, what colour is the orb?",
         ),
     ),
     "colour_after": (
@@ -161,6 +222,18 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "what hue does the disc finish with?",
             "tell me the round object's ending colour",
             "finally, what shade is the ball?",
+            "which colour is the sphere at the end?",
+            "after the change, what hue does the ball have?",
+            "what tint does the ball have at the finish?",
+            "which shade is the circle at the end?",
+            "what colour does the orb end with?",
+            "tell me the disc's last hue",
+            "finally, which colour is the sphere?",
+            "what is the ball's colour after the change?",
+            "the round object ends up which colour?",
+            "at the end, what tint is the circle?",
+            "which colour does the sphere have when the clip ends?",
+            "the video finishes with the orb in which hue?",
         ),
     ),
     "has_colour": (
@@ -180,11 +253,23 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "the ball looks {c}, right?",
             "is the round object's hue {c}?",
             "is the orb's tint {c}?",
+            "is the sphere's colour {c}?",
+            "does the ball have a {c} hue?",
+            "is the disc painted {c}?",
+            "the circle has the colour {c}, true?",
+            "does the round object look {c}?",
+            "is the ball's shade {c}?",
+            "would you say the sphere is {c}?",
+            "the orb has a {c} colour, correct?",
+            "is the disc {c} in colour?",
+            "tell me if the ball has a {c} hue",
+            "is this sphere {c}?",
+            "in the video, does the orb look {c}?",
         ),
     ),
 }
-# Templates 0-2 and 5-13 train, 3-4 are held out for val (5-13 were added later; the indices of
-# the first five stay as they were). The held-out phrasings are new sentences, not new words:
+# Templates 0-2, 5-13 and 16-25 train; 3-4 and 14-15 are held out for val (5-25 were added
+# later; the indices of earlier templates stay as they were). The held-out phrasings are new sentences, not new words:
 # templates 5 and 6 name the object "disc" and "round object" as the held-out ones do. The tiny
 # preset reads a query with frozen MiniLM and a small adapter trained on the training questions
 # only; when no training question said "disc", the adapter had never seen the states MiniLM
@@ -198,8 +283,18 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 # `colour_after`: the run that lost that pair (0.594 / 0.688) scored 0.73 on its own TRAINING
 # clips in every phrasing, i.e. it was underfit (blue->red and red->blue differ only in order),
 # which the pair's question weights address (README, `--question-weights`).
-TRAIN_TEMPLATES = (0, 1, 2, *range(5, 14))
-VAL_TEMPLATES = (3, 4)
+# Templates 14-15 (held out) and 16-25 (train) came with benchmarks/stage2_spread.py: with twelve
+# train phrasings a type the suite's stage-2 config put some type under 0.9 on held-out phrasings
+# in 2 of 3 seeds; where the misses were listed, they came from a held-out phrasing that sat
+# nearest another type's ("the disc is painted in what tint?" answered like `has_colour`), or
+# that used tokens no train phrasing of its type used ("what tint is the disc when the clip
+# finishes?" held all 8 colour_after misses of one run: "when", "clip", "finishes"). Templates
+# 24-25 give every held-out token a train sentence of its type (tests/pipelines/
+# test_synth_questions.py checks it with the query tokenizer); four held-out phrasings double
+# each type's val questions (dark_at_end had 16), so one unlucky phrasing or clip moves a type's
+# accuracy half as far.
+TRAIN_TEMPLATES = (0, 1, 2, *range(5, 14), *range(16, 26))
+VAL_TEMPLATES = (3, 4, 14, 15)
 CAPTION_UNANSWERABLE = ("has_colour", "colour_before", "colour_after")
 
 
@@ -228,7 +323,7 @@ def build_questions(clips: list[dict], seed: int) -> list[dict]:
     """`questions.jsonl` rows for the planned manifest `clips` (event clips only).
 
     Every clip is asked each applicable type in EVERY template of its split: a train clip in the
-    12 train phrasings, a val clip in the 2 held-out ones, so the held-out phrasings are all
+    22 train phrasings, a val clip in the 4 held-out ones, so the held-out phrasings are all
     measured and a small val split still gives each type enough questions to score. One
     phrasing per train clip left a rare type with few (clip, phrasing) pairs to learn from: the
     32 lamp clips' "dark at the end?" fell to 0.75 on held-out phrasings in two of four runs.
