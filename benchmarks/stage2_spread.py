@@ -4,7 +4,7 @@ tests/pipelines/test_stage2.py asks the suite's stage-2 model for discriminative
 >= 0.9 overall on held-out paraphrases, at most one question type under 0.9 and none under 0.7
 (issue 13 reads "every type"). One passing run says little about the margin: the run's data
 order and the held-out phrasings decide which types land under 0.9, and a type's val set is
-small (16 to 192 questions). This script makes the suite's corpus and stage-1 model once
+small (32 to 384 questions). This script makes the suite's corpus and stage-1 model once
 (tests/trained_models.py's `embed_corpus` and `train_stage1`, the same configs), then trains
 the suite's stage-2 config (tests/stage2_models.py's `stage2_config`) once per seed and scores
 every model on the val split (held-out templates) and on the train split. The baseline is the
@@ -56,6 +56,9 @@ def table(r: dict) -> str:
     lines = [
         f"# stage2_spread: the suite's stage-2 run over {len(r['runs'])} seeds, one stage-1 "
         f"model, {r['machine']}",
+        "",
+        f"{r['train_templates']} train phrasings a question type, {r['val_templates']} held out "
+        f"for val; rank 1 {'killed half-way and resumed' if r['kill'] else 'not killed'}.",
         "",
         "| model | val overall | lowest type (val) | types < 0.9 | suite bar | train overall "
         "| wall s |",
@@ -131,9 +134,13 @@ def main() -> None:
         runs.append({"seed": seed, "seconds": seconds, **score(model, features)})
         print(runs[-1], flush=True)
 
+    from pipelines.synth.questions import TRAIN_TEMPLATES, VAL_TEMPLATES
+
     r = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
+        "train_templates": len(TRAIN_TEMPLATES),
+        "val_templates": len(VAL_TEMPLATES),
         "stage2_steps": cfg.steps,
         "stage2_batch_per_worker": cfg.batch_size,
         "kill": args.kill,
