@@ -1,8 +1,8 @@
 """How far the suite's stage-2 VQA bar sits from what its stage-2 run scores, across seeds.
 
 tests/pipelines/test_stage2.py asks the suite's stage-2 model for discriminative VQA accuracy
->= 0.9 overall on held-out paraphrases, at most one question type under 0.9 and none under 0.7
-(issue 13 reads "every type"). One passing run says little about the margin: the run's data
+>= 0.9 overall on held-out paraphrases, with at most two question types under 0.9 and none under
+0.7 (tests/stage2_models.py's `meets_vqa_bar`; issue 13 reads "every type"). One passing run says little about the margin: the run's data
 order and the held-out phrasings decide which types land under 0.9, and a type's val set is
 small (32 to 384 questions). This script makes the suite's corpus and stage-1 model once
 (tests/trained_models.py's `embed_corpus` and `train_stage1`, the same configs), then trains
@@ -33,7 +33,7 @@ from embedding_vs_tokens import RESULTS, machine, scratch_store, write_results  
 
 def score(model, features: str) -> dict:
     from pipelines.vqa_eval import vqa_accuracy
-    from tests.stage2_models import VQA_BAR, VQA_FLOOR
+    from tests.stage2_models import VQA_BAR, meets_vqa_bar
 
     val, train = vqa_accuracy(model, features, "val"), vqa_accuracy(model, features, "train")
     by = val["by_type"]
@@ -47,9 +47,13 @@ def score(model, features: str) -> dict:
         "lowest": lowest,
         "types_below_bar": below,
         "every_type_at_bar": not below,
-        "suite_bar": val["overall"] >= VQA_BAR and len(below) <= 1 and lowest >= VQA_FLOOR,
+        "suite_bar": meets_vqa_bar(val["overall"], by),
         "train_overall": train["overall"],
     }
+
+
+# The suite's bar before tests/stage2_models.py's VQA_BAR_RULE was recorded with the results.
+OLD_RULE = "overall >= 0.9, at most one type under 0.9, none under 0.7"
 
 
 def table(r: dict) -> str:
@@ -58,7 +62,8 @@ def table(r: dict) -> str:
         f"model, {r['machine']}",
         "",
         f"{r['train_templates']} train phrasings a question type, {r['val_templates']} held out "
-        f"for val; rank 1 {'killed half-way and resumed' if r['kill'] else 'not killed'}.",
+        f"for val; {r['stage2_steps']} steps of {r['stage2_batch_per_worker']} rows a worker; "
+        f"rank 1 {'killed half-way and resumed' if r['kill'] else 'not killed'}.",
         "",
         "| model | val overall | lowest type (val) | types < 0.9 | suite bar | train overall "
         "| wall s |",
@@ -83,8 +88,8 @@ def table(r: dict) -> str:
         "",
         f"Stage 2 over stage 1 (val overall): mean {s['mean_val_overall']:.3f} against "
         f"{b['val_overall']:.3f}; every type >= 0.9 in {s['every_type_at_bar']} of "
-        f"{len(r['runs'])} runs; the suite's bar (overall >= 0.9, at most one type under 0.9, "
-        f"none under 0.7) in {s['suite_bar']} of {len(r['runs'])}.",
+        f"{len(r['runs'])} runs; the suite's bar ({r.get('suite_bar_rule', OLD_RULE)}) in "
+        f"{s['suite_bar']} of {len(r['runs'])}.",
         f"Val questions per type: {counts}.",
         "",
     ]
@@ -103,7 +108,7 @@ def main() -> None:
 
     from jepa.model import VLJEPA
     from pipelines.train.trainer import run_training
-    from tests.stage2_models import stage2_config
+    from tests.stage2_models import VQA_BAR_RULE, stage2_config
     from tests.trained_models import REGISTER_NAME, embed_corpus, train_stage1
 
     store = scratch_store(work)
@@ -144,6 +149,7 @@ def main() -> None:
         "stage2_steps": cfg.steps,
         "stage2_batch_per_worker": cfg.batch_size,
         "kill": args.kill,
+        "suite_bar_rule": VQA_BAR_RULE,
         "stage1_seconds": stage1.seconds,
         "baseline": baseline,
         "runs": runs,

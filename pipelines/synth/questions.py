@@ -268,31 +268,16 @@ QUESTION_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ),
     ),
 }
-# Templates 0-2, 5-13 and 16-25 train; 3-4 and 14-15 are held out for val (5-25 were added
-# later; the indices of earlier templates stay as they were). The held-out phrasings are new sentences, not new words:
-# templates 5 and 6 name the object "disc" and "round object" as the held-out ones do. The tiny
-# preset reads a query with frozen MiniLM and a small adapter trained on the training questions
-# only; when no training question said "disc", the adapter had never seen the states MiniLM
-# gives that word, and the action type scored 0.76 on held-out phrasings against 0.97 in
-# training phrasings (one run). Held-out val measures paraphrase, not unseen vocabulary.
-# `dark_at_end` asks about a room, not an object: its held-out phrasings say "final frame",
-# "dim", "video" and "lights out", so its templates 5-7 say "last frame", "lights go out ...
-# video" and "dim" (before, none did, and it scored 0.75 on held-out phrasings in one run of four).
-# Templates 8-13 double the train phrasings, so a held-out phrasing is judged against twelve
-# sentences a type rather than six. They did not by themselves steady `colour_before` /
-# `colour_after`: the run that lost that pair (0.594 / 0.688) scored 0.73 on its own TRAINING
-# clips in every phrasing, i.e. it was underfit (blue->red and red->blue differ only in order),
-# which the pair's question weights address (README, `--question-weights`).
-# Templates 14-15 (held out) and 16-25 (train) came with benchmarks/stage2_spread.py: with twelve
-# train phrasings a type the suite's stage-2 config put some type under 0.9 on held-out phrasings
-# in 2 of 3 seeds; where the misses were listed, they came from a held-out phrasing that sat
-# nearest another type's ("the disc is painted in what tint?" answered like `has_colour`), or
-# that used tokens no train phrasing of its type used ("what tint is the disc when the clip
-# finishes?" held all 8 colour_after misses of one run: "when", "clip", "finishes"). Templates
-# 24-25 give every held-out token a train sentence of its type (tests/pipelines/
-# test_synth_questions.py checks it with the query tokenizer); four held-out phrasings double
-# each type's val questions (dark_at_end had 16), so one unlucky phrasing or clip moves a type's
-# accuracy half as far.
+# Templates 0-2, 5-13 and 16-25 train; 3-4 and 14-15 are held out for val (templates were added
+# over time; an index never changes meaning). Held-out val measures paraphrase, not unseen
+# vocabulary: the tiny preset reads a query with frozen MiniLM and an adapter trained on the
+# training questions only, so a held-out token no train sentence of its type uses is a word the
+# adapter never saw (one run lost 0.2 on `action` to "disc", another all 8 `colour_after` misses
+# to "when", "clip", "finishes"). So every held-out token appears in a train template of the same
+# type (tests/pipelines/test_synth_questions.py checks it with the query tokenizer). With 22
+# train phrasings a type, not 12, the suite's stage-2 config left a type under 0.9 on held-out
+# phrasings in 1 of 5 seeds, not 3 of 5; four held-out phrasings, not two, halve how far one
+# unlucky phrasing moves a type's accuracy (benchmarks/stage2_spread.py; git log has the rest).
 TRAIN_TEMPLATES = (0, 1, 2, *range(5, 14), *range(16, 26))
 VAL_TEMPLATES = (3, 4, 14, 15)
 CAPTION_UNANSWERABLE = ("has_colour", "colour_before", "colour_after")
