@@ -229,12 +229,21 @@ def train_decoder(trained_model: TrainedModel, embedded_corpus: EmbeddedCorpus, 
 # at collection, and otherwise runs its stage here, in the test process.
 
 
+def in_process_dir(session_dir: Path) -> Path:
+    """Where a fixture makes its stage when the chain did not: not the session folder the chain
+    writes into, which a chain that failed or was stopped part-way leaves half-made (a corpus
+    already marked complete refuses a second `generate`; a run's checkpoints would be resumed)."""
+    out = session_dir / "in-process"
+    out.mkdir(exist_ok=True)
+    return out
+
+
 @pytest.fixture(scope="session")
 def embedded_corpus(session_dir: Path, ray_session: str) -> EmbeddedCorpus:  # noqa: ARG001
     from tests import session_models
 
     got = session_models.wait("embedded_corpus")
-    return got if got is not None else embed_corpus(session_dir)
+    return got if got is not None else embed_corpus(in_process_dir(session_dir))
 
 
 @pytest.fixture(scope="session")
@@ -244,7 +253,9 @@ def trained_model(
     from tests import session_models
 
     got = session_models.wait("trained_model")
-    return got if got is not None else train_stage1(embedded_corpus, mlflow_server.url, session_dir)
+    if got is not None:
+        return got
+    return train_stage1(embedded_corpus, mlflow_server.url, in_process_dir(session_dir))
 
 
 @pytest.fixture(scope="session")
