@@ -19,37 +19,35 @@ import pytest
 from tests.trained_models import REGISTER_NAME, EmbeddedCorpus, TrainedModel
 
 STAGE2_NAME = "vljepa-test-sft"
-# The README's stage-2 flags on CPUs: question rows balanced by type (the default), has_colour
-# tripled and colour_before / colour_after doubled, a quarter caption rows spread over the clips,
-# the Y-encoder frozen (`--y-lr-mult 0`: the predictor learns towards the answer space stage 1
-# left, in half the time a step: README). The before/after pair needs the clip's temporal order
-# (blue->red and red->blue show the same two colours): at single weight one stage-1 model's
-# stage 2 answered "red" for both on its own training clips (0.73 on train, 0.59 / 0.69 on val);
-# doubled, the same run scored 1.000 on both (README, `--question-weights`).
-STAGE2_STEPS = int(os.environ.get("VLJEPA_TEST_SFT_STEPS", "240"))
+# The README's stage-2 flags on CPUs: 300 steps at lr 5e-4 (half the tiny preset's default),
+# question rows balanced by type (the default), has_colour x5 and colour_before / colour_after x2,
+# a quarter caption rows spread over the clips, the Y-encoder frozen (`--y-lr-mult 0`: the
+# predictor learns towards the answer space stage 1 left, in half the time a step: README).
+# Why, measured with benchmarks/stage2_spread.py (rank 1 killed) and ad-hoc runs (not killed):
+#  * at lr 1e-3 every type reached 0.9 in 5 of 10 benchmark runs (240 or 300 steps): has_colour
+#    (a yes/no about a colour the question names) underfit on its own training clips, direction
+#    misread on val clips (0.87 asked with train phrasings too: not the wording), the before/after
+#    pair now and then lost. 300 steps at 5e-4 (has_colour x3) did it in 10 of 11 runs from 4
+#    stage-1 models;
+#  * the one miss was has_colour again (0.825 on val, 0.87 on its own training clips): x5
+#    instead of x3 took the same stage-1 model to 0.997 and 1.000 (seeds 1 and 2, killed);
+#  * the before/after pair needs the clip's temporal order (blue->red and red->blue show the same
+#    two colours): at single weight one stage-1 model's stage 2 answered "red" for both on its
+#    own training clips; doubled, the same run scored 1.000 on both.
+STAGE2_STEPS = int(os.environ.get("VLJEPA_TEST_SFT_STEPS", "300"))
+STAGE2_LR = float(os.environ.get("VLJEPA_TEST_SFT_LR", "5e-4"))
+STAGE2_QUESTION_WEIGHTS = {"has_colour": 5, "colour_before": 2, "colour_after": 2}
 STAGE2_BATCH = 24  # per worker
 STAGE2_STORAGE = "train-runs"  # on the session's S3 bucket
-# tests/pipelines/test_stage2.py's VQA bar on held-out paraphrases (`meets_vqa_bar`;
-# benchmarks/stage2_spread.py measures runs against it). Issue 13 asks every type >= 0.9; the
-# config above does that in some runs only (4 of 5 seeds of one stage-1 model, 1 of 5 of another
-# at 300 steps), and which types land under 0.9 changes from run to run (has_colour underfit on
-# its own training clips; colour or direction missing held-out phrasings on val clips while
-# scoring 1.0 / 0.97 on training ones). Two types under 0.9 happened in one CI run and in one
-# benchmark run, more in none measured: the suite asserts that, and the benchmark counts runs
-# with every type at the bar.
-VQA_BAR, VQA_FLOOR, VQA_TYPES_UNDER_BAR = 0.9, 0.7, 2
-VQA_BAR_RULE = (
-    f"overall >= {VQA_BAR}, at most {VQA_TYPES_UNDER_BAR} types under {VQA_BAR}, "
-    f"none under {VQA_FLOOR}"
-)
+# tests/pipelines/test_stage2.py's VQA bar on held-out paraphrases: issue 13's, every question
+# type at >= 0.9 (so the overall too). benchmarks/stage2_spread.py measures runs against it.
+VQA_BAR = 0.9
+VQA_BAR_RULE = f"every type >= {VQA_BAR}"
 
 
-def meets_vqa_bar(overall: float, by_type: dict[str, float]) -> bool:
-    """The suite's bar (VQA_BAR_RULE) on one model's val accuracy, overall and by type."""
-    below = sum(acc < VQA_BAR for acc in by_type.values())
-    return (
-        overall >= VQA_BAR and below <= VQA_TYPES_UNDER_BAR and min(by_type.values()) >= VQA_FLOOR
-    )
+def meets_vqa_bar(by_type: dict[str, float]) -> bool:
+    """The suite's bar (VQA_BAR_RULE) on one model's val accuracy by question type."""
+    return min(by_type.values()) >= VQA_BAR
 
 
 @dataclass
@@ -91,6 +89,7 @@ def stage2_config(
         preset=embedded_corpus.preset,
         workers=2,
         steps=STAGE2_STEPS,
+        lr=STAGE2_LR,
         batch_size=STAGE2_BATCH,
         warmup_steps=10,
         log_every=10,
@@ -106,7 +105,7 @@ def stage2_config(
         register_name=register_name,
         seed=seed,
         # the README's stage-2 flags
-        question_weights={"has_colour": 3, "colour_before": 2, "colour_after": 2},
+        question_weights=STAGE2_QUESTION_WEIGHTS,
         y_lr_mult=0.0,
     )
 

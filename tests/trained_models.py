@@ -165,10 +165,11 @@ class TrainedModel:
 
 
 def train_stage1(
-    embedded_corpus: EmbeddedCorpus, tracking_uri: str, session_dir: Path
+    embedded_corpus: EmbeddedCorpus, tracking_uri: str, session_dir: Path, *, seed: int = 0
 ) -> TrainedModel:
     """The acceptance run: tiny preset, 2 CPU workers (FSDP2 over gloo), tracked on the real
-    MLflow server and registered; shared by the train and eval tests."""
+    MLflow server and registered; shared by the train and eval tests (`seed`: other stage-1
+    models for benchmarks/stage2_spread.py)."""
     from pipelines.train import TrainConfig
     from pipelines.train.trainer import run_training
 
@@ -187,6 +188,7 @@ def train_stage1(
         tracking_uri=tracking_uri,
         experiment="vljepa-tests",
         register_name=REGISTER_NAME,
+        seed=seed,
     )
     t0 = time.monotonic()
     result = run_training(cfg)
