@@ -51,9 +51,9 @@ def side_by_side(stage2_model, embedded_corpus, cli_module):
 
 def test_stage2_answers_held_out_paraphrases(side_by_side, embedded_corpus):
     """Reading the question is worth it where the caption cannot answer, on val questions worded
-    only with held-out templates: issue 13's bar (`meets_vqa_bar`, its rule `VQA_BAR_RULE`, and
-    what was measured against it in tests/stage2_models.py) and +0.3 over stage 1 on the
-    caption-unanswerable types. The per-type table is printed beside stage 1's."""
+    only with held-out templates: the suite's bar (`meets_vqa_bar`, its rule `VQA_BAR_RULE`; issue
+    13 asks every type >= 0.9, and tests/stage2_models.py says why the suite asks less) and +0.3
+    over stage 1 on the caption-unanswerable types. The per-type table is printed beside stage 1's."""
     results, stderr = side_by_side
     (sft_name, sft), (base_name, base) = list(results["vqa"].items())
     print(stderr[-2500:])
@@ -68,7 +68,7 @@ def test_stage2_answers_held_out_paraphrases(side_by_side, embedded_corpus):
     for qtype in sft["by_type"]:
         assert sft["chance"][qtype] <= (0.5 if "has_" in qtype or "dark" in qtype else 0.25)
     by, base_by = sft["by_type"], base["by_type"]
-    assert meets_vqa_bar(by), f"overall {sft['overall']:.3f}, {json.dumps(by)}"
+    assert meets_vqa_bar(sft["overall"], by), f"overall {sft['overall']:.3f}, {json.dumps(by)}"
     # yes/no about a named colour: the caption embedding cannot tell "is it red?" from "is it
     # blue?" (the stage-1 model is at chance)
     assert base_by["has_colour"] <= 0.55
