@@ -61,6 +61,8 @@ def table(r: dict) -> str:
     baselines = r.get("baselines") or [r["baseline"]]  # one stage-1 model before --stage1
     stage1_s = r.get("stage1_seconds_each") or [r["stage1_seconds"]]
     lr = f" at lr {r['stage2_lr']:g}" if "stage2_lr" in r else ""
+    if "stage2_warmup_steps" in r:
+        lr += f" after {r['stage2_warmup_steps']} warmup steps,"
     lines = [
         f"# stage2_spread: the suite's stage-2 run, {len(r['runs'])} runs from "
         f"{len(baselines)} stage-1 model{'s' if len(baselines) > 1 else ''}, {r['machine']}",
@@ -118,7 +120,14 @@ def main() -> None:
 
     from jepa.model import VLJEPA
     from pipelines.train.trainer import run_training
-    from tests.stage2_models import VQA_BAR_RULE, stage2_config
+    from tests.stage2_models import (
+        STAGE2_BATCH,
+        STAGE2_LR,
+        STAGE2_STEPS,
+        STAGE2_WARMUP,
+        VQA_BAR_RULE,
+        stage2_config,
+    )
     from tests.trained_models import REGISTER_NAME, embed_corpus, train_stage1
 
     store = scratch_store(work)
@@ -158,9 +167,10 @@ def main() -> None:
         "machine": machine(),
         "train_templates": len(TRAIN_TEMPLATES),
         "val_templates": len(VAL_TEMPLATES),
-        "stage2_steps": cfg.steps,
-        "stage2_lr": cfg.lr,
-        "stage2_batch_per_worker": cfg.batch_size,
+        "stage2_steps": STAGE2_STEPS,
+        "stage2_lr": STAGE2_LR,
+        "stage2_warmup_steps": STAGE2_WARMUP,
+        "stage2_batch_per_worker": STAGE2_BATCH,
         "kill": args.kill,
         "suite_bar_rule": VQA_BAR_RULE,
         "stage1_seconds_each": stage1_seconds,

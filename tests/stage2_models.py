@@ -19,44 +19,41 @@ import pytest
 from tests.trained_models import REGISTER_NAME, EmbeddedCorpus, TrainedModel
 
 STAGE2_NAME = "vljepa-test-sft"
-# The README's stage-2 flags on CPUs: 300 steps at lr 5e-4 (half the tiny preset's default),
-# question rows balanced by type (the default), has_colour x3 and colour_before / colour_after x2,
-# a quarter caption rows spread over the clips, the Y-encoder frozen (`--y-lr-mult 0`: the
-# predictor learns towards the answer space stage 1 left, in half the time a step: README).
-# Why, measured with benchmarks/stage2_spread.py (rank 1 killed) and ad-hoc runs (not killed):
+# The README's stage-2 flags on CPUs: 300 steps at lr 5e-4 (half the tiny preset's default) after
+# 60 warmup steps, question rows balanced by type (the default), has_colour x3 and colour_before /
+# colour_after x2, a quarter caption rows spread over the clips, the Y-encoder frozen
+# (`--y-lr-mult 0`: the predictor learns towards the answer space stage 1 left, in half the time
+# a step: README). Why, measured with benchmarks/stage2_spread.py (rank 1 killed, 2 seeds from
+# each of 3 stage-1 models) and ad-hoc runs:
 #  * at lr 1e-3 every type reached 0.9 in 5 of 10 benchmark runs (240 or 300 steps): has_colour
 #    (a yes/no about a colour the question names) underfit on its own training clips, direction
 #    misread on val clips (0.87 asked with train phrasings too: not the wording), the before/after
-#    pair now and then lost. 300 steps at 5e-4 did it in 10 of 11 runs from 4 stage-1 models;
-#    the miss was has_colour (0.825 on val, 0.87 on its own training clips);
-#  * has_colour x5 took that stage-1 model to 0.997 and 1.000 (seeds 1 and 2), but the suite's
-#    run with it lost colour_before (0.750, CI run 13): fewer before/after rows. Back to x3;
+#    pair now and then lost. At 5e-4 with 10 warmup steps: 5 of 6, the miss has_colour (0.825 on
+#    val, 0.87 on its own training clips);
+#  * has_colour x5 fixed that one (0.997 and 1.000 ad hoc), but the suite's run with it lost
+#    colour_before (0.750, CI run 13): x5 takes rows from the before/after pair;
+#  * a longer warmup takes rows from no one. 30 steps: 6 of 6, but one run's has_colour at 0.903,
+#    and 0.897 when rerun (the same stage-1 model and seed); 60 steps took that run to 0.994
+#    (train 1.000), and the benchmark (3 new stage-1 models) to 6 of 6, lowest has_colour 0.906,
+#    next lowest 0.948 (stage2_spread.md). has_colour is still the thin margin;
 #  * the before/after pair needs the clip's temporal order (blue->red and red->blue show the same
 #    two colours): at single weight one stage-1 model's stage 2 answered "red" for both on its
 #    own training clips; doubled, the same run scored 1.000 on both.
 STAGE2_STEPS = int(os.environ.get("VLJEPA_TEST_SFT_STEPS", "300"))
 STAGE2_LR = float(os.environ.get("VLJEPA_TEST_SFT_LR", "5e-4"))
+STAGE2_WARMUP = int(os.environ.get("VLJEPA_TEST_SFT_WARMUP", "60"))
 STAGE2_QUESTION_WEIGHTS = {"has_colour": 3, "colour_before": 2, "colour_after": 2}
 STAGE2_BATCH = 24  # per worker
 STAGE2_STORAGE = "train-runs"  # on the session's S3 bucket
-# tests/pipelines/test_stage2.py's VQA bar on held-out paraphrases. Issue 13 asks every type
-# >= 0.9; the config above did that in 10 of 11 runs, but one type now and then lands well under
-# (has_colour 0.825, colour_before 0.750 at x5), so the suite asks what held in every run
-# measured: overall >= 0.9, at most two types under 0.9, none under 0.7. The benchmark counts
-# the runs with every type at the bar.
-VQA_BAR, VQA_FLOOR, VQA_TYPES_UNDER_BAR = 0.9, 0.7, 2
-VQA_BAR_RULE = (
-    f"overall >= {VQA_BAR}, at most {VQA_TYPES_UNDER_BAR} types under {VQA_BAR}, "
-    f"none under {VQA_FLOOR}"
-)
+# tests/pipelines/test_stage2.py's VQA bar on held-out paraphrases, issue 13's: every question
+# type >= 0.9 (which puts the overall there too).
+VQA_BAR = 0.9
+VQA_BAR_RULE = f"every type >= {VQA_BAR}"
 
 
 def meets_vqa_bar(overall: float, by_type: dict[str, float]) -> bool:
     """The suite's bar (VQA_BAR_RULE) on one model's val accuracy, overall and by type."""
-    below = sum(acc < VQA_BAR for acc in by_type.values())
-    return (
-        overall >= VQA_BAR and below <= VQA_TYPES_UNDER_BAR and min(by_type.values()) >= VQA_FLOOR
-    )
+    return overall >= VQA_BAR and min(by_type.values()) >= VQA_BAR
 
 
 @dataclass
@@ -100,7 +97,7 @@ def stage2_config(
         steps=STAGE2_STEPS,
         lr=STAGE2_LR,
         batch_size=STAGE2_BATCH,
-        warmup_steps=10,
+        warmup_steps=STAGE2_WARMUP,
         log_every=10,
         val_every=STAGE2_STEPS,  # the side-by-side eval scores it again
         checkpoint_every=half,

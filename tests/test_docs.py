@@ -160,6 +160,30 @@ def test_vljepa_command_parses_and_is_exercised(doc, cmd, capsys):
         )
 
 
+def test_readme_stage2_flags_are_the_suites(tmp_path):
+    """The README's stage-2 command trains what the suite's stage-2 run trains: its flags and
+    tests/stage2_models.py's `stage2_config` are two spellings of one config, and the figures the
+    README quotes for those flags were measured with the second."""
+    from cluster.commands.config_flags import config_kwargs
+    from pipelines.train.config import TrainConfig
+    from tests.stage2_models import stage2_config
+    from tests.trained_models import EmbeddedCorpus
+
+    (cmd,) = [c for p, c in ALL if p == "README.md" and c.startswith("vljepa train --stage sft")]
+    argv = _argv(cmd)[1:]
+    readme = TrainConfig(**config_kwargs(_parse(argv), list(TrainConfig.model_fields)))
+    corpus = EmbeddedCorpus(tmp_path, tmp_path / "features", "tiny", 0, 0, 0.0)
+    suite = stage2_config("models:/x/1", corpus, tmp_path, str(tmp_path), "sqlite:///x.db")
+    given = {a[2:].replace("-", "_") for a in argv if a.startswith("--")} - {"data", "init"}
+    assert {"steps", "lr", "warmup_steps", "question_weights", "y_lr_mult"} <= given
+    differ = {
+        k: (getattr(readme, k), getattr(suite, k))
+        for k in sorted(given)
+        if getattr(readme, k) != getattr(suite, k)
+    }
+    assert not differ, f"README flag vs the suite's stage-2 config: {differ}"
+
+
 def _dry_run(argv: list[str], expect: str) -> None:
     from cluster import cli
 

@@ -51,9 +51,8 @@ def side_by_side(stage2_model, embedded_corpus, cli_module):
 
 def test_stage2_answers_held_out_paraphrases(side_by_side, embedded_corpus):
     """Reading the question is worth it where the caption cannot answer, on val questions worded
-    only with held-out templates: the suite's bar (`meets_vqa_bar`, its rule `VQA_BAR_RULE`; issue
-    13 asks every type >= 0.9, and tests/stage2_models.py says why the suite asks less) and +0.3
-    over stage 1 on the caption-unanswerable types. The per-type table is printed beside
+    only with held-out templates: issue 13's bar (`meets_vqa_bar`, its rule `VQA_BAR_RULE`) and
+    +0.3 over stage 1 on the caption-unanswerable types. The per-type table is printed beside
     stage 1's."""
     results, stderr = side_by_side
     (sft_name, sft), (base_name, base) = list(results["vqa"].items())
