@@ -51,9 +51,10 @@ VQA_BAR = 0.9
 VQA_BAR_RULE = f"every type >= {VQA_BAR}"
 
 
-def meets_vqa_bar(overall: float, by_type: dict[str, float]) -> bool:
-    """The suite's bar (VQA_BAR_RULE) on one model's val accuracy, overall and by type."""
-    return overall >= VQA_BAR and min(by_type.values()) >= VQA_BAR
+def meets_vqa_bar(by_type: dict[str, float]) -> bool:
+    """The suite's bar (VQA_BAR_RULE) on one model's val accuracy by question type; the overall
+    is their mean weighted by count, so it needs no check of its own."""
+    return min(by_type.values()) >= VQA_BAR
 
 
 @dataclass

@@ -143,6 +143,8 @@ def test_a_restarted_rank_removes_only_its_own_stale_staging(tmp_path, monkeypat
     that replaces it removes it, and nothing of another rank or another run."""
     import tempfile
 
+    # Not a stand-in: staging stays real, in Python's temp folder pointed into this test's own
+    # folder, so the test can see what is left there and no other test's staging can interfere.
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     run, other = "s3://bucket/runs/a", "s3://bucket/runs/b"
     mine = tempfile.mkdtemp(prefix=f"{ckpt.staging_prefix(run, 1)}0000004-")

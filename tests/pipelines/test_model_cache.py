@@ -18,7 +18,8 @@ from pipelines import model_cache
 def cache(tmp_path: Path, monkeypatch) -> Path:
     root = tmp_path / "cache"
     monkeypatch.setenv(model_cache.CACHE_ENV, str(root))
-    # Anything written to the temp folder lands here: the cache must leave it empty.
+    # Anything written to the temp folder lands here: the cache must leave it empty. Not a
+    # stand-in: the cache, its MLflow store and the files are real; only where temp files go moves.
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
